@@ -1,0 +1,2 @@
+"""Architectures; importing this package registers them in basicsr's ARCH_REGISTRY."""
+from . import hinet_arch  # noqa: F401

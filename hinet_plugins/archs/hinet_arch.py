@@ -1,0 +1,126 @@
+"""HINet: Half Instance Normalization Network (Chen et al., CVPRW 2021).
+
+Two U-Nets (depth 5: four 4x4 stride-2 downsamplings, four 2x2 transposed-conv upsamplings) joined by a
+Supervised Attention Module (SAM, 3x3 convs with bias) and Cross-Stage Feature Fusion (stage-1 encoder and
+decoder features enter stage-2's encoder blocks through 3x3 convs). HIN blocks sit in the encoder levels
+``hin_position_left..hin_position_right``. Each stage predicts a residual image; ``forward`` returns
+``[stage-1 image, final image]``.
+
+Parameter names and constructor keywords follow the public release (megvii-model/HINet), so its checkpoints
+load with ``strict=True``; that includes the 3x3 ``skip_conv_*`` on every skip connection, which the paper does
+not mention. Defaults reproduce the release (88,669,702 parameters at wf=64).
+
+Options beyond the release (all off by default):
+- ``norm_type``: the normalisation of the encoder levels in the HIN range (Table 6: none, bn, in, ln, gn, ibn,
+  hin); ``hin_in_decoder`` adds it to decoder blocks too (Table 7's last row).
+- ``num_stages=1, use_skip=False`` gives "HINet Simple" (Sec. 4.2; registered as ``HINetSimple`` with wf=32).
+- ``num_res_blocks``: residual blocks at the end of each encoder and decoder block ("Wider, Deeper", Sec. 4.4).
+- Any input size: the input is reflect-padded to a multiple of 2^(depth-1) and outputs are cropped back.
+"""
+import torch
+from basicsr.utils.registry import ARCH_REGISTRY
+from torch import nn
+
+from .blocks import SAM, UNetConvBlock, UNetUpBlock, crop_outputs, pad_to_multiple
+
+
+@ARCH_REGISTRY.register()
+class HINet(nn.Module):
+
+    def __init__(self, in_chn=3, wf=64, depth=5, relu_slope=0.2, hin_position_left=0, hin_position_right=4,
+                 norm_type='hin', hin_in_decoder=False, num_stages=2, use_skip=True, num_res_blocks=0,
+                 gn_groups=8):
+        super().__init__()
+        if num_stages not in (1, 2):
+            raise ValueError(f'HINet num_stages must be 1 or 2, got {num_stages}')
+        self.depth = depth
+        self.num_stages = num_stages
+        self.use_skip = use_skip
+        self.norm_type = norm_type
+        self.hin_range = (hin_position_left, hin_position_right)
+        self.block_kwargs = dict(relu_slope=relu_slope, gn_groups=gn_groups, num_res_blocks=num_res_blocks)
+
+        self.conv_01 = nn.Conv2d(in_chn, wf, 3, 1, 1)
+        self.down_path_1 = nn.ModuleList()
+        self.up_path_1 = nn.ModuleList()
+        self.skip_conv_1 = nn.ModuleList()
+        if num_stages == 2:
+            self.conv_02 = nn.Conv2d(in_chn, wf, 3, 1, 1)
+            self.down_path_2 = nn.ModuleList()
+            self.up_path_2 = nn.ModuleList()
+            self.skip_conv_2 = nn.ModuleList()
+
+        prev = wf
+        for i in range(depth):
+            out = (2 ** i) * wf
+            downsample = i + 1 < depth
+            self.down_path_1.append(self.make_encoder_block(prev, out, i, downsample, use_csff=False))
+            if num_stages == 2:
+                self.down_path_2.append(self.make_encoder_block(prev, out, i, downsample, use_csff=downsample))
+            prev = out
+        dec_norm = norm_type if hin_in_decoder else 'none'
+        for i in reversed(range(depth - 1)):
+            out = (2 ** i) * wf
+            for s in range(1, num_stages + 1):
+                getattr(self, f'up_path_{s}').append(
+                    UNetUpBlock(prev, out, relu_slope, norm_type=dec_norm, num_res_blocks=num_res_blocks,
+                                use_skip=use_skip))
+                if use_skip:
+                    getattr(self, f'skip_conv_{s}').append(nn.Conv2d(out, out, 3, 1, 1))
+            prev = out
+        if num_stages == 2:
+            self.sam12 = SAM(prev, kernel_size=3, bias=True, img_channels=in_chn)
+            self.cat12 = nn.Conv2d(prev * 2, prev, 1, 1, 0)
+        self.last = nn.Conv2d(prev, in_chn, 3, 1, 1, bias=True)
+
+    def make_encoder_block(self, in_size, out_size, level, downsample, use_csff):
+        """One encoder block at ``level``; subclasses (e.g. DRCNet) swap in their own block here."""
+        left, right = self.hin_range
+        norm = self.norm_type if left <= level <= right else 'none'
+        return UNetConvBlock(in_size, out_size, downsample, use_csff=use_csff, norm_type=norm, **self.block_kwargs)
+
+    def _encode(self, down_path, x, encs=None, decs=None):
+        skips = []
+        for i, down in enumerate(down_path):
+            if i + 1 < self.depth:
+                if encs is not None:
+                    x, x_skip = down(x, encs[i], decs[-i - 1])
+                else:
+                    x, x_skip = down(x)
+                skips.append(x_skip)
+            else:
+                x = down(x)
+        return x, skips
+
+    def _decode(self, up_path, skip_convs, x, skips):
+        decs = []
+        for i, up in enumerate(up_path):
+            bridge = skip_convs[i](skips[-i - 1]) if self.use_skip else None
+            x = up(x, bridge)
+            decs.append(x)
+        return x, decs
+
+    def forward(self, x):
+        x, size = pad_to_multiple(x, 2 ** (self.depth - 1))
+        image = x
+        x1, encs = self._encode(self.down_path_1, self.conv_01(image))
+        x1, decs = self._decode(self.up_path_1, self.skip_conv_1, x1, encs)
+        if self.num_stages == 1:
+            return crop_outputs([self.last(x1) + image], size)
+        sam_feature, out_1 = self.sam12(x1, image)
+        x2 = self.cat12(torch.cat([self.conv_02(image), sam_feature], dim=1))
+        x2, skips = self._encode(self.down_path_2, x2, encs, decs)
+        x2, _ = self._decode(self.up_path_2, self.skip_conv_2, x2, skips)
+        return crop_outputs([out_1, self.last(x2) + image], size)
+
+
+@ARCH_REGISTRY.register()
+class HINetSimple(HINet):
+    """HINet Simple (HINet Sec. 4.2): the stage-1 U-Net of HINet 0.5x without encoder-decoder skips."""
+
+    def __init__(self, in_chn=3, wf=32, depth=5, relu_slope=0.2, hin_position_left=0, hin_position_right=4,
+                 norm_type='hin', hin_in_decoder=False, num_res_blocks=0, gn_groups=8, use_skip=False):
+        super().__init__(in_chn=in_chn, wf=wf, depth=depth, relu_slope=relu_slope,
+                         hin_position_left=hin_position_left, hin_position_right=hin_position_right,
+                         norm_type=norm_type, hin_in_decoder=hin_in_decoder, num_stages=1, use_skip=use_skip,
+                         num_res_blocks=num_res_blocks, gn_groups=gn_groups)

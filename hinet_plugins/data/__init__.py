@@ -1,0 +1,1 @@
+"""Data helpers (demo/test datasets)."""

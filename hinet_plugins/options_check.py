@@ -1,0 +1,156 @@
+"""Checks of an option file before basicsr builds anything, so user mistakes read as one clear sentence.
+
+Every message names the option file and the key (``datasets.train.dataroot_gt``, ``network_g.type``, ...) and
+says what was expected. Cheap checks only: file existence, registry names, LMDB ``meta_info.txt`` (pair keys,
+image sizes vs ``gt_size``) and, for disk folders, image headers.
+"""
+import os
+import warnings
+
+import torch
+import yaml
+from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+
+from .errors import ConfigError
+
+IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def load_yaml(path):
+    """Read an option file; missing file / malformed YAML -> ConfigError naming the file (and line)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"option file '{path}' does not exist")
+    try:
+        with open(path) as f:
+            opt = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        mark = getattr(err, 'problem_mark', None)
+        where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
+        problem = getattr(err, 'problem', None) or str(err)
+        raise ConfigError(f"option file '{path}' is not valid YAML{where}: {problem}") from None
+    if not isinstance(opt, dict):
+        raise ConfigError(f"option file '{path}' must hold a mapping of options, got {type(opt).__name__}")
+    return opt
+
+
+def check_num_gpu(raw_opt, path):
+    """``num_gpu: auto`` -> CPU with a warning when no GPU; more GPUs than present -> ConfigError."""
+    present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    value = raw_opt.get('num_gpu', 'auto')
+    if value == 'auto':
+        if present == 0:
+            warnings.warn(f"{path}: num_gpu is 'auto' and no GPU is present: training on the CPU", stacklevel=2)
+        return
+    if not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{path}: num_gpu must be 'auto' or a non-negative integer, got {value!r}")
+    if value > present:
+        raise ConfigError(f'{path}: num_gpu is {value} but {present} GPU(s) are present; set num_gpu: 0 for the '
+                          "CPU or 'auto' to use what is there")
+
+
+def _check_registered(registry, kind, type_name, key, path):
+    if type_name is None:
+        raise ConfigError(f'{path}: {key} is missing')
+    if type_name not in registry:
+        names = ', '.join(sorted(name for name, _ in registry))
+        raise ConfigError(f"{path}: {key} '{type_name}' is not a registered {kind}. Registered: {names}")
+
+
+def check_types(opt, path):
+    _check_registered(MODEL_REGISTRY, 'model', opt.get('model_type', 'SRModel'), 'model_type', path)
+    for net_key in ('network_g', 'network_d'):
+        if net_key in opt:
+            _check_registered(ARCH_REGISTRY, 'architecture', (opt[net_key] or {}).get('type'),
+                              f'{net_key}.type', path)
+    for key, value in (opt.get('train') or {}).items():
+        specs = value if isinstance(value, list) else [value]
+        if key.endswith('_opt') or key == 'losses':
+            for i, spec in enumerate(specs):
+                if isinstance(spec, dict) and 'type' in spec:
+                    where = f'train.{key}' + (f'[{i}]' if isinstance(value, list) else '') + '.type'
+                    _check_registered(LOSS_REGISTRY, 'loss', spec['type'], where, path)
+    for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
+        _check_registered(METRIC_REGISTRY, 'metric', (metric or {}).get('type'), f'val.metrics.{name}.type', path)
+
+
+def _read_meta_info(lmdb_path):
+    meta = os.path.join(lmdb_path, 'meta_info.txt')
+    if not os.path.isfile(meta):
+        raise ConfigError(f"LMDB '{lmdb_path}' has no meta_info.txt (basicsr's LMDB writer creates it)")
+    shapes = {}
+    with open(meta) as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split(' ')
+            if len(parts) < 2:
+                raise ConfigError(f"{meta}: line {n} is malformed, expected '<key>.png (h,w,c) <level>'")
+            key = parts[0].split('.')[0]
+            try:
+                shapes[key] = tuple(int(v) for v in parts[1].strip('()').split(','))
+            except ValueError:
+                raise ConfigError(f"{meta}: line {n} has no '(h,w,c)' image shape") from None
+    return shapes
+
+
+def _folder_shapes(folder):
+    from PIL import Image  # header-only reads: fast even for large folders
+    shapes = {}
+    for name in sorted(os.listdir(folder)):
+        if name.lower().endswith(IMG_EXTS):
+            try:
+                with Image.open(os.path.join(folder, name)) as im:
+                    w, h = im.size
+            except Exception as err:  # noqa: BLE001  (any decoder error means the same to the user)
+                raise ConfigError(f"image '{os.path.join(folder, name)}' cannot be read: {err}") from None
+            shapes[os.path.splitext(name)[0]] = (h, w)
+    return shapes
+
+
+def check_dataset(name, ds, path, scale=1):
+    where = f'{path}: datasets.{name}'
+    backend = (ds.get('io_backend') or {}).get('type', 'disk')
+    roots = {k: ds.get(k) for k in ('dataroot_gt', 'dataroot_lq') if k in ds}
+    for key, root in roots.items():
+        if root is None:
+            raise ConfigError(f'{where}.{key} is empty; expected a folder or .lmdb path')
+        if not os.path.exists(root):
+            raise ConfigError(f"{where}.{key}: '{root}' does not exist (prepare the data first, see "
+                              'scripts/prepare_data.py, or fix the path)')
+    if len(roots) != 2 or backend not in ('disk', 'lmdb'):
+        return
+    if backend == 'lmdb':
+        for key, root in roots.items():
+            if not root.endswith('.lmdb'):
+                raise ConfigError(f"{where}.{key}: io_backend is lmdb but '{root}' does not end in .lmdb")
+        gt, lq = _read_meta_info(roots['dataroot_gt']), _read_meta_info(roots['dataroot_lq'])
+    else:
+        if ds.get('meta_info_file') or ds.get('filename_tmpl', '{}') != '{}':
+            return
+        gt, lq = _folder_shapes(roots['dataroot_gt']), _folder_shapes(roots['dataroot_lq'])
+    if not gt:
+        raise ConfigError(f"{where}.dataroot_gt: no images in '{roots['dataroot_gt']}'")
+    if set(gt) != set(lq):
+        only_gt, only_lq = sorted(set(gt) - set(lq))[:5], sorted(set(lq) - set(gt))[:5]
+        raise ConfigError(f'{where}: GT and LQ images are not paired by name; only in GT: {only_gt}, '
+                          f'only in LQ: {only_lq}')
+    for key in sorted(gt):
+        (hg, wg), (hl, wl) = gt[key][:2], lq[key][:2]
+        if (hg, wg) != (hl * scale, wl * scale):
+            raise ConfigError(f"{where}: pair '{key}' has GT size {hg}x{wg} but LQ size {hl}x{wl}"
+                              + (f' (scale {scale})' if scale != 1 else '') + '; pairs must have the same size')
+    gt_size = ds.get('gt_size')
+    if ds.get('phase', name.split('_')[0]) == 'train' and gt_size:
+        small = [k for k, s in gt.items() if s[0] < gt_size or s[1] < gt_size]
+        if small:
+            raise ConfigError(f"{where}.gt_size is {gt_size} but {len(small)} GT image(s) are smaller, e.g. "
+                              f"'{small[0]}' is {gt[small[0]][0]}x{gt[small[0]][1]}; lower gt_size or remove them")
+
+
+def check_options(opt, path):
+    """All checks that need the parsed options (after basicsr's parse_options)."""
+    check_types(opt, path)
+    for name, ds in (opt.get('datasets') or {}).items():
+        check_dataset(name, ds, path, scale=opt.get('scale', 1))
+    for key in ('pretrain_network_g', 'resume_state'):
+        value = (opt.get('path') or {}).get(key)
+        if value and not os.path.isfile(value):
+            raise ConfigError(f"{path}: path.{key}: '{value}' does not exist")

@@ -1,0 +1,1 @@
+"""Small utilities shared by models, scripts and tests."""

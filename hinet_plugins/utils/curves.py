@@ -1,0 +1,72 @@
+"""Training curves from a BasicSR training log: parse, and plot to PNG (loss and validation metrics vs iteration)."""
+import glob
+import os
+import re
+from collections import defaultdict
+
+_ITER = re.compile(r'\[epoch:\s*\d+, iter:\s*([\d,]+), lr:\(([^)]*)\)\]')
+_TERM = re.compile(r'\b([A-Za-z][\w]*):\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)')
+_VAL_HEAD = re.compile(r'Validation (\S+)')
+_VAL_METRIC = re.compile(r'#\s*(\S+):\s*(-?\d+(?:\.\d+)?)')
+
+
+def parse_training_log(path):
+    """Returns ({term: [(iter, value)]} of training losses, {dataset/metric: [(iter, value)]} of validation)."""
+    train, val = defaultdict(list), defaultdict(list)
+    last_iter, val_name = 0, None
+    with open(path, errors='replace') as f:
+        for line in f:
+            m = _ITER.search(line)
+            if m:
+                last_iter = int(m.group(1).replace(',', ''))
+                tail = line[m.end():]
+                tail = tail.split(']', 2)[-1] if 'eta:' in tail else tail  # skip "[eta: .., time (data): ..]"
+                for name, value in _TERM.findall(tail):
+                    train[name].append((last_iter, float(value)))
+                val_name = None
+                continue
+            m = _VAL_HEAD.search(line)
+            if m:
+                val_name = m.group(1)
+                continue
+            if val_name:
+                m = _VAL_METRIC.search(line)
+                if m:
+                    val[f'{val_name}/{m.group(1)}'].append((last_iter, float(m.group(2))))
+                else:
+                    val_name = None
+    return dict(train), dict(val)
+
+
+def find_train_log(experiment_dir):
+    logs = sorted(glob.glob(os.path.join(experiment_dir, 'train_*.log')), key=os.path.getmtime)
+    if not logs:
+        raise FileNotFoundError(f"no train_*.log in '{experiment_dir}'")
+    return logs[-1]
+
+
+def plot_training_curves(log_path, out_png):
+    """Write a PNG with one panel for training losses and one per validation metric; returns the path."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    train, val = parse_training_log(log_path)
+    panels = 1 + len(val)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
+    ax = axes[0][0]
+    for name, points in train.items():
+        if points:
+            ax.plot(*zip(*points), label=name)
+    ax.set_title('training loss')
+    ax.set_xlabel('iteration')
+    if train:
+        ax.legend(fontsize=8)
+    for ax, (name, points) in zip(axes[0][1:], val.items()):
+        ax.plot(*zip(*points), marker='o')
+        ax.set_title(f'validation {name}')
+        ax.set_xlabel('iteration')
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

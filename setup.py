@@ -1,0 +1,19 @@
+"""hinet-plugins: HINet, MPRNet, DRCNet, FCN, their losses and TLC as plugins of upstream BasicSR."""
+from setuptools import find_packages, setup
+
+setup(
+    name='hinet-plugins',
+    version='0.1.0',
+    description='Multi-stage image restoration networks, losses and the test-time local converter for BasicSR',
+    long_description=open('README.md').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['hinet_plugins', 'hinet_plugins.*']),
+    python_requires='>=3.9',
+    install_requires=[
+        'torch', 'torchvision',
+        'basicsr==1.4.2',  # used as installed; hinet_plugins.compat adapts it to today's stack
+        'mmengine', 'lmdb', 'opencv-python', 'numpy', 'addict', 'PyYAML', 'tqdm', 'scikit-image', 'matplotlib',
+        'tensorboard', 'setuptools',  # setuptools provides distutils to basicsr on Python >= 3.12
+    ],
+    extras_require={'test': ['pytest']},
+)

@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny paired dataset (LMDB + folders) from skimage photos, option-file writers, launchers."""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import hinet_plugins  # noqa: F401  (compat + registration before anything of basicsr)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+
+@pytest.fixture(scope='session')
+def tiny_data(tmp_path_factory):
+    """40 training crops of 64x64 (rocket, astronaut) and one 128-px validation photo, noise sigma 25."""
+    from hinet_plugins.data.demo_data import make_demo_dataset
+    root = tmp_path_factory.mktemp('tiny_data')
+    return make_demo_dataset(str(root), patch=64, stride=48, max_side=256, train_photos=('rocket', 'astronaut'),
+                             val_photos=('chelsea',), val_max_side=128)
+
+
+def base_options(data, name='tiny', network=None, lmdb=True, total_iter=6):
+    """A minimal training option file as a dict (edit it, then write with ``write_options``)."""
+    if lmdb:
+        tr = dict(dataroot_gt=data['train_gt_lmdb'], dataroot_lq=data['train_lq_lmdb'], io_backend={'type': 'lmdb'})
+        va = dict(dataroot_gt=data['val_gt_lmdb'], dataroot_lq=data['val_lq_lmdb'], io_backend={'type': 'lmdb'})
+    else:
+        tr = dict(dataroot_gt=data['train_gt'], dataroot_lq=data['train_lq'], io_backend={'type': 'disk'})
+        va = dict(dataroot_gt=data['val_gt'], dataroot_lq=data['val_lq'], io_backend={'type': 'disk'})
+    tr.update(name='tiny_train', type='PairedImageDataset', gt_size=48, use_hflip=True, use_rot=True,
+              use_shuffle=True, num_worker_per_gpu=0, batch_size_per_gpu=4, dataset_enlarge_ratio=1,
+              prefetch_mode=None)
+    va.update(name='tiny_val', type='PairedImageDataset')
+    return {
+        'name': name, 'model_type': 'MultiStageRestorationModel', 'scale': 1, 'num_gpu': 0, 'manual_seed': 10,
+        'datasets': {'train': tr, 'val': va},
+        'network_g': copy.deepcopy(network) if network else {'type': 'HINet', 'wf': 8, 'depth': 3},
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {
+            'optim_g': {'type': 'Adam', 'lr': 2e-4, 'weight_decay': 0, 'betas': [0.9, 0.99]},
+            'scheduler': {'type': 'TrueCosineAnnealingLR', 'T_max': total_iter, 'eta_min': 1e-7},
+            'total_iter': total_iter, 'warmup_iter': -1,
+            'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 0.5, 'reduction': 'mean'},
+        },
+        'val': {'val_freq': total_iter, 'save_img': False,
+                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False}}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': total_iter, 'use_tb_logger': False,
+                   'wandb': {'project': None, 'resume_id': None}},
+        'dist_params': {'backend': 'nccl', 'port': 29500},
+    }
+
+
+def write_options(opt, path):
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        yaml.safe_dump(opt, f, sort_keys=False)
+    return str(path)
+
+
+def run_cli(args, cwd, env_extra=None, timeout=600, check=True):
+    """Run a command line (list) with the test interpreter; returns CompletedProcess (stdout+stderr merged)."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='2')
+    env.pop('BASICSR_DIST_BACKEND', None)
+    env.update(env_extra or {})
+    proc = subprocess.run(args, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'command failed ({proc.returncode}): {" ".join(map(str, args))}\n{proc.stdout[-6000:]}')
+    return proc
+
+
+def train_module(opt_path, cwd, *extra, **kw):
+    """``python -m hinet_plugins.train -opt ...`` in ``cwd`` (experiments/ lands there)."""
+    return run_cli([PY, '-m', 'hinet_plugins.train', '-opt', opt_path, *extra], cwd,
+                   env_extra={'PYTHONPATH': REPO}, **kw)
