@@ -5,5 +5,6 @@ architecture, loss and model type of this package into basicsr's registries.
 """
 from . import compat  # noqa: F401  (must stay first: it makes ``import basicsr`` work)
 from . import archs, losses, models  # noqa: F401,E402
+from . import tlc  # noqa: F401,E402  (registers HINetLocal, MPRNetLocal, ...)
 
 __version__ = '0.1.0'

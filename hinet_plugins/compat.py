@@ -18,8 +18,19 @@ Patches:
    device, and the ``spawn`` start method only on CUDA (on CPU it makes every DataLoader worker re-import torch).
 4. ``BaseModel.model_to_device`` passes CUDA ``device_ids`` to DistributedDataParallel even for a CPU model.
    Ours omits them on CPU.
-5. ``distutils`` is gone from the standard library on Python >= 3.12 but ``basicsr/archs/arch_util.py:6``
+5. ``--force_yml key=value`` (``options.py:58-79`` ``_postprocess_yml_value``) leaves negative numbers and
+   scientific notation as strings (``train:warmup_iter=-1`` -> ``'-1'`` -> TypeError later). Ours parses the value
+   as a YAML scalar when upstream would return a string. Drop when upstream parses numbers fully.
+6. ``distutils`` is gone from the standard library on Python >= 3.12 but ``basicsr/archs/arch_util.py:6``
    imports ``distutils.version.LooseVersion``: we provide it from setuptools' copy or a tiny stand-in.
+7. On resume, ``train_pipeline`` restarts the interrupted epoch from its first batch (the samples already trained
+   in that epoch are seen twice, and after several resumes the run can even end before ``total_iter``), and the
+   seeds are re-applied, so the data after a resume differ from an uninterrupted run. Ours skips the batches
+   already trained in the interrupted epoch (the sampler's order is a function of the epoch) and, when the state
+   holds them (``MultiStageRestorationModel`` saves them), restores each rank's python/numpy/torch random states
+   at that point. With ``num_worker_per_gpu: 0`` the resumed losses then equal the uninterrupted run's; with
+   workers the sample order is the same but the workers' augmentation draws restart (they are reseeded every
+   epoch by basicsr's ``worker_init_fn``). Drop when upstream resumes mid-epoch.
 """
 import os
 import sys
@@ -27,6 +38,8 @@ import types
 import warnings
 
 import torch
+
+from .utils.checkpoint import set_rng_states
 
 
 def _alias_functional_tensor():
@@ -76,6 +89,7 @@ import basicsr.test as _bsr_test  # noqa: E402
 import basicsr.train as _bsr_train  # noqa: E402
 import basicsr.utils.dist_util as _bsr_dist  # noqa: E402
 import basicsr.utils.options as _bsr_options  # noqa: E402
+from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from basicsr.models.base_model import BaseModel  # noqa: E402
 from torch.nn.parallel import DataParallel, DistributedDataParallel  # noqa: E402
 
@@ -113,7 +127,47 @@ def load_resume_state(opt):
         location = 'cpu'
     state = torch.load(path, map_location=location, weights_only=False)
     _bsr_train.check_resume(opt, state['iter'])
+    _PENDING_RESUME['state'] = state  # read by create_train_val_dataloader (patch 7)
     return state
+
+
+_PENDING_RESUME = {}
+_upstream_create_loaders = _bsr_train.create_train_val_dataloader
+
+
+def create_train_val_dataloader(opt, logger):
+    """Upstream's loaders; after a resume, the train sampler continues the interrupted epoch (patch 7)."""
+    result = _upstream_create_loaders(opt, logger)
+    state = _PENDING_RESUME.pop('state', None)
+    loader, sampler = result[0], result[1]
+    if state is None or loader is None or not isinstance(sampler, EnlargedSampler):
+        return result
+    per_epoch = len(loader)
+    done = state['iter'] - state['epoch'] * per_epoch
+    rng = state.get('rng') or []
+    plan = {'epoch': state['epoch'], 'skip': 0, 'rng': rng[opt['rank']] if len(rng) == opt['world_size'] else None}
+    if 0 <= done <= per_epoch:
+        plan['skip'] = done * loader.batch_size
+        logger.info(f"Resume inside epoch {state['epoch']}: skipping its {done} batch(es) already trained"
+                    + ('' if plan['rng'] else ' (the state holds no random states: augmentations will differ)'))
+    else:
+        logger.warning(f"Resume: iteration {state['iter']} is not inside epoch {state['epoch']} at {per_epoch} "
+                       'batches per epoch (batch size or dataset changed?); that epoch restarts from its start')
+    sampler.resume_plan = plan
+    return result
+
+
+_upstream_sampler_iter = EnlargedSampler.__iter__
+
+
+def _sampler_iter(self):
+    plan = self.__dict__.pop('resume_plan', None)
+    indices = _upstream_sampler_iter(self)
+    if plan is None or plan['epoch'] != self.epoch:
+        return indices
+    if plan['rng'] is not None:  # here, after the DataLoader iterator drew its base seed, as in the original run
+        set_rng_states(plan['rng'])
+    return iter(list(indices)[plan['skip']:])
 
 
 _upstream_init_dist = _bsr_dist.init_dist
@@ -143,8 +197,31 @@ def model_to_device(self, net):
     return net
 
 
+_upstream_yml_value = _bsr_options._postprocess_yml_value
+
+
+def postprocess_yml_value(value):
+    parsed = _upstream_yml_value(value)
+    if isinstance(parsed, str):
+        import yaml
+        try:
+            scalar = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return parsed
+        if isinstance(scalar, (int, float)) and not isinstance(scalar, bool):
+            return scalar
+        try:
+            return float(value)  # '1e-4': YAML 1.1 wants a dot in floats
+        except ValueError:
+            return parsed
+    return parsed
+
+
 if not getattr(basicsr, '_hinet_plugins_patched', False):
+    _bsr_options._postprocess_yml_value = postprocess_yml_value
     _bsr_train.load_resume_state = load_resume_state  # looked up as a module global by train_pipeline
+    _bsr_train.create_train_val_dataloader = create_train_val_dataloader  # likewise
+    EnlargedSampler.__iter__ = _sampler_iter
     _bsr_dist.init_dist = _bsr_options.init_dist = init_dist
     BaseModel.model_to_device = model_to_device
     basicsr._hinet_plugins_patched = True

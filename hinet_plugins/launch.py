@@ -13,6 +13,7 @@ import hinet_plugins  # noqa: F401  (compat + registration; must precede basicsr
 from hinet_plugins.compat import _bsr_test, _bsr_train
 from hinet_plugins.errors import ConfigError, TrainingDivergedError
 from hinet_plugins.options_check import check_num_gpu, check_options, load_yaml
+from hinet_plugins.utils.checkpoint import CheckpointWriteError
 
 
 def _option_path(argv):
@@ -72,6 +73,6 @@ def run(mode, root_path):
                 _write_curves(opt_path)
         else:
             _bsr_test.test_pipeline(root_path)
-    except (ConfigError, TrainingDivergedError) as err:
+    except (ConfigError, TrainingDivergedError, CheckpointWriteError) as err:
         print(f'hinet_plugins: error: {err}', file=sys.stderr, flush=True)
         sys.exit(2)

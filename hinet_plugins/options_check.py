@@ -2,7 +2,9 @@
 
 Every message names the option file and the key (``datasets.train.dataroot_gt``, ``network_g.type``, ...) and
 says what was expected. Cheap checks only: file existence, registry names, LMDB ``meta_info.txt`` (pair keys,
-image sizes vs ``gt_size``) and, for disk folders, image headers.
+image sizes vs ``gt_size``; every listed key present in the database) and, for disk folders, image headers.
+Image channels: basicsr decodes every image as 3-channel colour, so grayscale or RGBA pairs train (gray
+replicated, alpha dropped) with a warning; a grayscale image paired with a colour one is an error.
 """
 import os
 import warnings
@@ -69,6 +71,9 @@ def check_types(opt, path):
                 if isinstance(spec, dict) and 'type' in spec:
                     where = f'train.{key}' + (f'[{i}]' if isinstance(value, list) else '') + '.type'
                     _check_registered(LOSS_REGISTRY, 'loss', spec['type'], where, path)
+                    own_check = getattr(LOSS_REGISTRY.get(spec['type']), 'check_options', None)
+                    if own_check is not None:  # a loss may check its own options (e.g. a local weights file)
+                        own_check(spec, f'{path}: {where[:-len(".type")]}')
     for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
         _check_registered(METRIC_REGISTRY, 'metric', (metric or {}).get('type'), f'val.metrics.{name}.type', path)
 
@@ -99,10 +104,49 @@ def _folder_shapes(folder):
             try:
                 with Image.open(os.path.join(folder, name)) as im:
                     w, h = im.size
+                    channels = _pil_channels(im)
             except Exception as err:  # noqa: BLE001  (any decoder error means the same to the user)
                 raise ConfigError(f"image '{os.path.join(folder, name)}' cannot be read: {err}") from None
-            shapes[os.path.splitext(name)[0]] = (h, w)
+            shapes[os.path.splitext(name)[0]] = (h, w, channels)
     return shapes
+
+
+def _pil_channels(im):
+    """Channels as basicsr's LMDB writer records them (cv2 IMREAD_UNCHANGED): 1 gray, 2 gray+alpha, 3, 4 +alpha."""
+    gray = im.mode in ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'F')
+    alpha = 'A' in im.mode or 'a' in im.mode or (im.mode == 'P' and 'transparency' in im.info)
+    return (1 if gray else 3) + (1 if alpha else 0)
+
+
+def _check_lmdb_keys(lmdb_path, meta_keys):
+    """Every key of meta_info.txt must be in the database (basicsr would otherwise fail mid-training)."""
+    import lmdb
+    try:
+        env = lmdb.open(lmdb_path, readonly=True, lock=False, readahead=False, meminit=False)
+    except lmdb.Error as err:
+        raise ConfigError(f"LMDB '{lmdb_path}' cannot be opened: {err}") from None
+    with env.begin(write=False) as txn:
+        stored = {k.decode('ascii', 'replace') for k in txn.cursor().iternext(keys=True, values=False)}
+    env.close()
+    missing = sorted(set(meta_keys) - stored)
+    if missing:
+        raise ConfigError(f"LMDB '{lmdb_path}': meta_info.txt lists {len(missing)} key(s) that are not in the "
+                          f"database, e.g. {missing[:3]} (keys must not contain '.'; rebuild the LMDB)")
+
+
+def _check_channels(where, gt, lq):
+    """basicsr decodes every image as 3-channel BGR: gray is replicated, alpha dropped. Gray vs colour = error."""
+    for key in sorted(gt):
+        cg, cl = (gt[key][2] if len(gt[key]) > 2 else 3), (lq[key][2] if len(lq[key]) > 2 else 3)
+        if (cg <= 2) != (cl <= 2):
+            raise ConfigError(f"{where}: pair '{key}' has a {'grayscale' if cg <= 2 else 'colour'} GT but a "
+                              f"{'grayscale' if cl <= 2 else 'colour'} LQ image; convert both to RGB")
+    for kind, test in (('are grayscale', lambda c: c <= 2), ('have an alpha channel', lambda c: c in (2, 4))):
+        odd = [k for k in sorted(gt) if any(len(s[k]) > 2 and test(s[k][2]) for s in (gt, lq))]
+        if odd:
+            warnings.warn(f"{where}: {len(odd)} image pair(s) {kind}, e.g. '{odd[0]}'; basicsr reads every "
+                          'image as 3-channel colour (gray is replicated, alpha is dropped, not composited)',
+                          stacklevel=3)
 
 
 def check_dataset(name, ds, path, scale=1):
@@ -122,6 +166,8 @@ def check_dataset(name, ds, path, scale=1):
             if not root.endswith('.lmdb'):
                 raise ConfigError(f"{where}.{key}: io_backend is lmdb but '{root}' does not end in .lmdb")
         gt, lq = _read_meta_info(roots['dataroot_gt']), _read_meta_info(roots['dataroot_lq'])
+        _check_lmdb_keys(roots['dataroot_gt'], gt)
+        _check_lmdb_keys(roots['dataroot_lq'], lq)
     else:
         if ds.get('meta_info_file') or ds.get('filename_tmpl', '{}') != '{}':
             return
@@ -137,6 +183,7 @@ def check_dataset(name, ds, path, scale=1):
         if (hg, wg) != (hl * scale, wl * scale):
             raise ConfigError(f"{where}: pair '{key}' has GT size {hg}x{wg} but LQ size {hl}x{wl}"
                               + (f' (scale {scale})' if scale != 1 else '') + '; pairs must have the same size')
+    _check_channels(where, gt, lq)
     gt_size = ds.get('gt_size')
     if ds.get('phase', name.split('_')[0]) == 'train' and gt_size:
         small = [k for k, s in gt.items() if s[0] < gt_size or s[1] < gt_size]
@@ -145,8 +192,20 @@ def check_dataset(name, ds, path, scale=1):
                               f"'{small[0]}' is {gt[small[0]][0]}x{gt[small[0]][1]}; lower gt_size or remove them")
 
 
+def normalize_release_options(opt):
+    """Accept the HINet/TLC releases' option files as they are.
+
+    Their BasicSR fork called the horizontal-flip switch ``use_flip``; basicsr 1.4.2's PairedImageDataset reads
+    ``use_hflip`` (KeyError otherwise).
+    """
+    for ds in (opt.get('datasets') or {}).values():
+        if isinstance(ds, dict) and 'use_flip' in ds and 'use_hflip' not in ds:
+            ds['use_hflip'] = ds['use_flip']
+
+
 def check_options(opt, path):
     """All checks that need the parsed options (after basicsr's parse_options)."""
+    normalize_release_options(opt)
     check_types(opt, path)
     for name, ds in (opt.get('datasets') or {}).items():
         check_dataset(name, ds, path, scale=opt.get('scale', 1))

@@ -5,6 +5,7 @@ the difference is a constructor argument. Global aggregations are expressed as m
 (``nn.AdaptiveAvgPool2d``, ``nn.InstanceNorm2d``, ...) so that the TLC converter can find and localise them.
 """
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from torch.nn import functional as F
 
@@ -68,13 +69,14 @@ class CAB(nn.Module):
         return self.CA(self.body(x)) + x
 
 
-def pad_to_multiple(x, multiple):
-    """Reflect-pad H and W (bottom/right) up to a multiple; returns the padded tensor and the original size.
+def pad_to_multiple(x, multiple, min_size=0):
+    """Reflect-pad H and W (bottom/right) up to a multiple (and at least ``min_size``); returns the padded tensor
+    and the original size.
 
     Falls back to replicate padding where the image is too small for reflection.
     """
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    ph, pw = max((-h) % multiple, min_size - h), max((-w) % multiple, min_size - w)
     if ph == 0 and pw == 0:
         return x, (h, w)
     mode = 'reflect' if (ph < h and pw < w) else 'replicate'
@@ -84,6 +86,20 @@ def pad_to_multiple(x, multiple):
 def crop_outputs(outputs, size):
     h, w = size
     return [o[..., :h, :w] for o in outputs]
+
+
+def checkpoint_call(net, fn, *args):
+    """``fn(*args)``, under activation checkpointing when ``net.grad_checkpoint`` is on and grads are recorded.
+
+    How an architecture supports ``train.grad_checkpoint`` (set by the model on the bare network): declare the
+    class attribute ``grad_checkpoint = False`` and call each stage segment (encoder, decoder, ...) as
+    ``checkpoint_call(self, self._encode, ...)``. Only segment inputs/outputs are kept; the rest is recomputed
+    in backward (non-reentrant, so any nesting of tensors in arguments and results works). BatchNorm running
+    statistics are updated again during the recomputation.
+    """
+    if getattr(net, 'grad_checkpoint', False) and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 NORM_TYPES = ('none', 'hin', 'in', 'bn', 'ln', 'gn', 'ibn')

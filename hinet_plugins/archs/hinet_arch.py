@@ -16,16 +16,19 @@ Options beyond the release (all off by default):
 - ``num_stages=1, use_skip=False`` gives "HINet Simple" (Sec. 4.2; registered as ``HINetSimple`` with wf=32).
 - ``num_res_blocks``: residual blocks at the end of each encoder and decoder block ("Wider, Deeper", Sec. 4.4).
 - Any input size: the input is reflect-padded to a multiple of 2^(depth-1) and outputs are cropped back.
+- ``grad_checkpoint`` (attribute, set by the model for ``train.grad_checkpoint``): each stage's encoder and decoder
+  run under activation checkpointing (``blocks.checkpoint_call``); subclasses such as DRCNet inherit it.
 """
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from .blocks import SAM, UNetConvBlock, UNetUpBlock, crop_outputs, pad_to_multiple
+from .blocks import SAM, UNetConvBlock, UNetUpBlock, checkpoint_call, crop_outputs, pad_to_multiple
 
 
 @ARCH_REGISTRY.register()
 class HINet(nn.Module):
+    grad_checkpoint = False  # set by the model for ``train.grad_checkpoint``: each stage's encoder/decoder
 
     def __init__(self, in_chn=3, wf=64, depth=5, relu_slope=0.2, hin_position_left=0, hin_position_right=4,
                  norm_type='hin', hin_in_decoder=False, num_stages=2, use_skip=True, num_res_blocks=0,
@@ -101,16 +104,17 @@ class HINet(nn.Module):
         return x, decs
 
     def forward(self, x):
-        x, size = pad_to_multiple(x, 2 ** (self.depth - 1))
+        # at least 2x2 at the deepest level: InstanceNorm needs more than one spatial element when training
+        x, size = pad_to_multiple(x, 2 ** (self.depth - 1), min_size=2 ** self.depth)
         image = x
-        x1, encs = self._encode(self.down_path_1, self.conv_01(image))
-        x1, decs = self._decode(self.up_path_1, self.skip_conv_1, x1, encs)
+        x1, encs = checkpoint_call(self, self._encode, self.down_path_1, self.conv_01(image))
+        x1, decs = checkpoint_call(self, self._decode, self.up_path_1, self.skip_conv_1, x1, encs)
         if self.num_stages == 1:
             return crop_outputs([self.last(x1) + image], size)
         sam_feature, out_1 = self.sam12(x1, image)
         x2 = self.cat12(torch.cat([self.conv_02(image), sam_feature], dim=1))
-        x2, skips = self._encode(self.down_path_2, x2, encs, decs)
-        x2, _ = self._decode(self.up_path_2, self.skip_conv_2, x2, skips)
+        x2, skips = checkpoint_call(self, self._encode, self.down_path_2, x2, encs, decs)
+        x2, _ = checkpoint_call(self, self._decode, self.up_path_2, self.skip_conv_2, x2, skips)
         return crop_outputs([out_1, self.last(x2) + image], size)
 
 
@@ -124,3 +128,19 @@ class HINetSimple(HINet):
                          hin_position_left=hin_position_left, hin_position_right=hin_position_right,
                          norm_type=norm_type, hin_in_decoder=hin_in_decoder, num_stages=1, use_skip=use_skip,
                          num_res_blocks=num_res_blocks, gn_groups=gn_groups)
+
+
+# Configurations reported by scripts/complexity.py (params and MACs at 1x3x256x256), with the papers' figures.
+# Each arch module may define COMPLEXITY_PRESETS: label, network options, paper/release params, paper MACs (G), note.
+COMPLEXITY_PRESETS = [
+    dict(label='HINet 1x', opt={'type': 'HINet', 'wf': 64}, ref_params=88_669_702, ref_macs_g=170.71,
+         note='paper Table 4 (MACs counted with each 2x2 s2 transposed conv 4x over); params: release'),
+    dict(label='HINet 0.5x', opt={'type': 'HINet', 'wf': 32}, ref_params=22_176_518, ref_macs_g=42.88,
+         note='paper Table 4; params: release'),
+    dict(label='HINet 2x', opt={'type': 'HINet', 'wf': 128}, ref_params=None, ref_macs_g=None,
+         note='Sec. 4.4 "Wider"; no figure in the paper'),
+    dict(label='HINet GoPro/REDS (HIN 3..4)', opt={'type': 'HINet', 'wf': 64, 'hin_position_left': 3},
+         ref_params=None, ref_macs_g=170.71, note='release GoPro/REDS options'),
+    dict(label='HINet Simple', opt={'type': 'HINetSimple'}, ref_params=None, ref_macs_g=None,
+         note='Sec. 4.2 ablation network'),
+]

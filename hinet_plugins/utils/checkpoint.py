@@ -1,8 +1,14 @@
 """Checkpoint writing and checking."""
 import os
+import random
 import tempfile
 
+import numpy as np
 import torch
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. disk full); the previous file at that path is unchanged."""
 
 
 def atomic_torch_save(obj, path):
@@ -12,18 +18,43 @@ def atomic_torch_save(obj, path):
     raised (not swallowed as upstream does), so a failed save is never mistaken for a good one.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
         with os.fdopen(fd, 'wb') as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and not isinstance(err, CheckpointWriteError):
+            raise CheckpointWriteError(err.errno, f"could not write checkpoint '{path}' ({err.strerror or err}); "
+                                       'the previous file at that path, if any, is unchanged') from err
         raise
+
+
+def rng_states():
+    """The random states that drive training data and augmentation: python, numpy, torch (and CUDA)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()  # stored as plain types + tensors: weights_only-safe
+    states = {'python': random.getstate(), 'numpy': (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                     gauss), 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states['cuda'] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states):
+    """Inverse of ``rng_states`` (CUDA states only when the device count matches)."""
+    random.setstate(states['python'])
+    name, keys, pos, has_gauss, gauss = states['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states['torch'].cpu())
+    cuda = states.get('cuda')
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 def unwrap_state_dict(loaded, param_key=None):
@@ -37,11 +68,14 @@ def unwrap_state_dict(loaded, param_key=None):
     return {(k[7:] if k.startswith('module.') else k): v for k, v in state.items() if hasattr(v, 'shape')}
 
 
-def describe_state_dict_mismatch(expected, loaded, param_key=None, limit=8):
-    """A readable list of missing/unexpected keys and shape differences between a net and a checkpoint."""
+def describe_state_dict_mismatch(expected, loaded, param_key=None, limit=8, ignored_prefixes=()):
+    """A readable list of missing/unexpected keys and shape differences between a net and a checkpoint.
+
+    ``ignored_prefixes``: checkpoint keys the network itself drops when loading (an arch's
+    ``ignored_checkpoint_prefixes``, e.g. FCN's unused release decoder); they are not reported as unexpected."""
     got = unwrap_state_dict(loaded, param_key)
     missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
+    unexpected = [k for k in got if k not in expected and not k.startswith(tuple(ignored_prefixes))]
     shapes = [f'{k}: network {tuple(expected[k].shape)} vs checkpoint {tuple(got[k].shape)}'
               for k in expected if k in got and tuple(expected[k].shape) != tuple(got[k].shape)]
     parts = []

@@ -47,10 +47,15 @@ def find_train_log(experiment_dir):
 
 def plot_training_curves(log_path, out_png):
     """Write a PNG with one panel for training losses and one per validation metric; returns the path."""
+    train, val = parse_training_log(log_path)
+    return plot_series(train, val, out_png)
+
+
+def plot_series(train, val, out_png):
+    """The PNG of ``plot_training_curves`` from already-read series ({name: [(iter, value)]}, e.g. TensorBoard)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    train, val = parse_training_log(log_path)
     panels = 1 + len(val)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
     ax = axes[0][0]

@@ -1,0 +1,200 @@
+"""TLC overhead: HINet forward without TLC, with exact TLC and with fast TLC; local ops alone vs window size.
+
+    python benchmarks/tlc_overhead.py                          # CPU default: HINet 1x at 256x256 and 360x640
+    python benchmarks/tlc_overhead.py --sizes 720x1280 --device cuda --repeats 5
+
+Prints three markdown tables:
+Times are CPU process time on the CPU (summed over threads; robust to other jobs on a shared machine) and wall
+time with CUDA synchronisation on a GPU.
+1. HINet forward time per input size for the three modes and their ratios (targets: exact <= 1.10, fast <= 1.03).
+   "module estimate" = (time inside the local norm/pool modules - time inside the global ones they replace) /
+   forward time, measured with hooks in the same runs (CPU only): less sensitive to other load on the machine
+   than the end-to-end ratio of two separate forwards.
+2. Each local op alone on a (1, C, H, W) map at windows 64..512 next to the global op: the cost must not grow with
+   the window (prefix sums and van Herk max are O(H*W)).
+3. Error of the fast mode vs the exact one on natural-image features (skimage photos resized to 720x1280 and their
+   horizontal gradients), window 384 and 192.
+HINet uses the SIDD setting (HIN in every encoder level, the most InstanceNorms) unless --hin-left is given.
+"""
+import argparse
+import copy
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import hinet_plugins  # noqa: E402,F401
+from basicsr.archs import build_network  # noqa: E402
+
+from hinet_plugins import tlc  # noqa: E402
+from hinet_plugins.tlc import local_ops as L  # noqa: E402
+
+GLOBAL_TYPES = (nn.InstanceNorm2d, nn.GroupNorm, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def size_arg(text):
+    h, w = text.lower().split('x')
+    return int(h), int(w)
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def clock(device):
+    """CPU: process time (all threads), so other jobs on a shared machine barely move the ratios; GPU: wall."""
+    return time.process_time() if device.type == 'cpu' else time.perf_counter()
+
+
+def timed(fn, device):
+    sync(device)
+    t0 = clock(device)
+    fn()
+    sync(device)
+    return clock(device) - t0
+
+
+class ModuleClock:
+    """Wall time spent inside the modules of the given types during forward passes (CPU)."""
+
+    def __init__(self, net, types):
+        self.total, self.handles, self.t0 = 0.0, [], {}
+        for m in net.modules():
+            if isinstance(m, types):
+                self.handles.append(m.register_forward_pre_hook(self.start))
+                self.handles.append(m.register_forward_hook(self.stop))
+
+    def start(self, module, _):
+        self.t0[module] = time.process_time()
+
+    def stop(self, module, *_):
+        self.total += time.process_time() - self.t0.pop(module)
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def bench_model(args, device):
+    net = build_network({'type': 'HINet', 'wf': args.wf, 'hin_position_left': args.hin_left}).to(device).eval()
+    nets = {'none': net, 'exact': copy.deepcopy(net)}
+    conversion = tlc.convert(nets['exact'], args.train_size, args.base_size)
+    nets['fast'] = copy.deepcopy(nets['exact'])
+    for m in nets['fast'].modules():
+        if isinstance(m, tlc.LocalOp):
+            m.fast_imp = True
+    print(f'HINet wf={args.wf}, HIN levels {args.hin_left}..4: {len(conversion.layers)} InstanceNorm2d made local '
+          f'(train {args.train_size}, base {args.base_size or int(args.train_size * 1.5)}); device {device}, '
+          f'{torch.get_num_threads()} threads\n')
+    with torch.no_grad():
+        for n in nets.values():  # warm-up (kernel/primitive creation)
+            n(torch.rand(1, 3, 64, 64, device=device))
+        rows = []
+        for size in args.sizes:
+            x = torch.rand(1, 3, *size, device=device)
+            t = {m: [] for m in nets}
+            mod = {m: [] for m in nets}
+            for _ in range(args.repeats):
+                for mode, n in nets.items():  # interleaved, min over repeats
+                    modules = ModuleClock(n, (tlc.LocalOp,) + GLOBAL_TYPES) if device.type == 'cpu' else None
+                    t[mode].append(timed(lambda: n(x), device))
+                    if modules:
+                        mod[mode].append(modules.total)
+                        modules.remove()
+            best = {m: min(v) for m, v in t.items()}
+            est = {m: (min(mod[m]) - min(mod['none'])) / best['none'] if mod[m] else float('nan')
+                   for m in ('exact', 'fast')}
+            rows.append((size, best, est))
+    print('| input | no TLC (s) | exact TLC (s) | fast TLC (s) | exact / none | fast / none '
+          '| exact: module estimate | fast: module estimate |')
+    print('|---|---|---|---|---|---|---|---|')
+    for (h, w), b, est in rows:
+        print(f"| {h}x{w} | {b['none']:.3f} | {b['exact']:.3f} | {b['fast']:.3f} | {b['exact'] / b['none']:.3f} "
+              f"| {b['fast'] / b['none']:.3f} | {est['exact']:+.1%} | {est['fast']:+.1%} |")
+    print()
+
+
+def bench_ops(args, device):
+    c, (h, w) = args.op_channels, args.op_size
+    x = torch.randn(1, c, h, w, device=device)
+    wgt, bias = torch.ones(c, device=device), torch.zeros(c, device=device)
+    ops = {
+        'avg pool (exact)': (lambda k: L.local_avg_pool(x, k), lambda: F.adaptive_avg_pool2d(x, 1)),
+        'avg pool (fast, r=5,4)': (lambda k: L.local_avg_pool(x, k, (L.fast_stride(h, k, 5), L.fast_stride(w, k, 5))),
+                                   lambda: F.adaptive_avg_pool2d(x, 1)),
+        'instance norm (exact)': (lambda k: L.local_instance_norm(x, k, wgt, bias),
+                                  lambda: F.instance_norm(x, weight=wgt, bias=bias)),
+        'instance norm (fast)': (lambda k: L.local_instance_norm(x, k, wgt, bias, stride=(
+            L.fast_stride(h, k, 5), L.fast_stride(w, k, 5))), lambda: F.instance_norm(x, weight=wgt, bias=bias)),
+        'group norm, 4 groups (exact)': (lambda k: L.local_group_norm(x, 4, k, wgt, bias),
+                                         lambda: F.group_norm(x, 4, wgt, bias)),
+        'max pool (van Herk)': (lambda k: L.local_max_pool(x, k), lambda: F.adaptive_max_pool2d(x, 1)),
+    }
+    print(f'Local ops alone on a 1x{c}x{h}x{w} map ({"CPU" if device.type == "cpu" else "wall"} ms, '
+          f'min of {args.repeats}; "global" = the op replaced)\n')
+    print('| op | global | ' + ' | '.join(f'window {k}' for k in args.windows) + ' | max / min over windows |')
+    print('|---|---|' + '---|' * len(args.windows) + '---|')
+    with torch.no_grad():
+        for name, (local, glob) in ops.items():
+            local(64), glob()  # warm-up
+            g = min(timed(glob, device) for _ in range(args.repeats)) * 1e3
+            ts = [min(timed(lambda: local(k), device) for _ in range(args.repeats)) * 1e3 for k in args.windows]
+            print(f'| {name} | {g:.1f} | ' + ' | '.join(f'{t:.1f}' for t in ts) + f' | {max(ts) / min(ts):.2f} |')
+    print()
+
+
+def fast_error(args):
+    import cv2
+    from hinet_plugins.data.demo_data import load_photo
+    print('Fast vs exact TLC on natural-image features (photo + horizontal gradient, 720x1280): mean |difference| '
+          'of the local instance norm output, and of the local mean / feature std\n')
+    print('| photo | window | stride r | IN output: mean abs diff | IN output: 99.9th pct | local mean: diff / std |')
+    print('|---|---|---|---|---|---|')
+    with torch.no_grad():
+        for name in ('astronaut', 'chelsea', 'coffee'):
+            img = cv2.resize(load_photo(name), (1280, 720), interpolation=cv2.INTER_CUBIC)
+            x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+            x = torch.cat([x, F.pad(x[..., 1:] - x[..., :-1], (0, 1))], 1)
+            for k in (384, 192):
+                r = (L.fast_stride(720, k, 5), L.fast_stride(1280, k, 5))
+                d = (L.local_instance_norm(x, k, stride=r) - L.local_instance_norm(x, k)).abs()
+                m = (L.local_avg_pool(x, k, r) - L.local_avg_pool(x, k)).abs().mean((2, 3)) / x.std((2, 3))
+                p999 = d.flatten().kthvalue(int(d.numel() * 0.999)).values
+                print(f'| {name} | {k} | {r[0]} | {d.mean():.4f} | {p999:.3f} | {m.mean():.2%} |')
+    print()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--sizes', type=lambda s: [size_arg(v) for v in s.split(',')], default=[(256, 256), (360, 640)],
+                   help='HINet input sizes, e.g. 256x256,360x640,720x1280')
+    p.add_argument('--wf', type=int, default=64, help='HINet width (64 = 1x)')
+    p.add_argument('--hin-left', type=int, default=0, help='first HIN level (0: SIDD setting, 3: GoPro)')
+    p.add_argument('--train-size', type=int, default=256)
+    p.add_argument('--base-size', type=int, default=None)
+    p.add_argument('--repeats', type=int, default=2, help='timed forwards per mode and size (min is kept)')
+    p.add_argument('--op-size', type=size_arg, default=(720, 1280))
+    p.add_argument('--op-channels', type=int, default=16)
+    p.add_argument('--windows', type=lambda s: [int(v) for v in s.split(',')], default=[64, 128, 256, 384, 512])
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--skip', default='', help='comma list of parts to skip: model, ops, error')
+    args = p.parse_args()
+    device = torch.device(args.device)
+    skip = set(filter(None, args.skip.split(',')))
+    t0 = time.time()
+    if 'ops' not in skip:
+        bench_ops(args, device)
+    if 'error' not in skip:
+        fast_error(args)
+    if 'model' not in skip:
+        bench_model(args, device)
+    print(f'(total {time.time() - t0:.0f} s)')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,296 @@
+"""DRCNet: Dynamic Image Restoration Contrastive Network (Li et al., 2023) and its DFR block.
+
+DRCNet is HINet's two-stage U-Net (SAM, CSFF, ``skip_conv_*``, ``cat12``, plain decoder blocks: all inherited from
+``HINet``) at depth 4 with every encoder block replaced by a Dynamic Filter Restoration (DFR) block (Sec. 3.2):
+
+    A = LeakyReLU(RegionNorm(conv_1(x)) on the first half of the channels, other half kept)   spatial filter (SF)
+    B = LeakyReLU(EnergyAttention(conv_2(x)))                                                  energy attention (EA)
+    DFR(x) = A * B + identity(x)          (identity = 1x1 conv; the paper's "output = SF x EA + identity")
+
+RegionNorm (``norm``, paper Eqs. 2-7): M_sr = sigmoid(conv7x7([channel mean, channel max])) (``norm.sa.conv1``);
+mask = (M_sr >= t); gamma, beta = 7x7 convs of M_sr (``norm.sa.gamma_conv/beta_conv``); the masked region and its
+complement are normalised separately with their own mean and variance (``norm.rn``, whose affine weight and bias
+are ``norm.rn.bn_norm``); output = normalised * (1 + gamma) + beta. EnergyAttention is SimAM (paper Eqs. 8-9):
+x * sigmoid((x - mu)^2 / (4 (var + lambda)) + 0.5), per-channel spatial mean and variance.
+
+Readings (paper vs the authors' release, leefly072/DRCNet) -- the defaults are the paper's; the keywords in
+``RELEASE_DFR`` reproduce the release, whose state_dicts load with ``strict=True`` (names, shapes and parameter
+count 18,975,798 at wf=64 match the release):
+- ``mask_threshold`` t: paper 0.75, release 0.8. ``energy_lambda``: paper delta = 1e-6, release 1e-4.
+- ``mask_mode``: the threshold has no gradient. 'hard' = paper/release (mask detached; ``sa.conv1`` learns only
+  through gamma and beta). 'ste' (default) = straight-through estimator: forward the hard mask, backward as if the
+  mask were M_sr itself, so the response map also learns where to split the regions. 'soft' = the relaxed mask
+  sigmoid((M_sr - t) / ``mask_temperature``) in forward and backward (no hard threshold).
+- ``region_stats``: 'sample' (default) = paper Eqs. 5-6: mean and variance of each region per sample and channel;
+  each pixel is normalised with the statistics of its own region. A region's statistics are shrunk toward the
+  whole map's with a prior weight of ``region_prior`` (fraction of the map area, 1e-3): an empty or one-pixel region
+  (e.g. at initialisation, where M_sr ~ 0.5 < t everywhere) then gets instance-norm statistics instead of a 0/0,
+  which keeps the STE gradient finite; regions larger than the prior are practically unaffected.
+  'batch' = release (Region Normalization, Yu et al. 2020): each region's holes are filled with the region mean
+  taken over the whole batch and space (so samples influence each other), the filled map is instance-normalised
+  (eps 1e-5, then the affine ``bn_norm``), scaled by sqrt(region fraction of the batch), and the two regions are
+  summed (the affine bias therefore leaks into the other region, as in the release).
+- ``energy_unbiased``: SimAM's variance; paper text divides by N = H*W (False), the release (SimAM's code) by N - 1.
+- Branch inputs: conv_2 runs on the block input (release); M_sr is computed from the normalised half (release),
+  from [mean, max] in that channel order (release; Eq. 3 writes [F_max, F_avg]). Eq. 7 scales by gamma; we use
+  (1 + gamma), as the release does (gamma ~ 0 starts as plain normalisation; ``bn_norm`` holds the learned scale).
+- Decoder: the paper says "three ResBlocks in the decoder"; the release (and this class) uses HINet's plain
+  up blocks, which is what gives the published parameter count.
+- ``hin_position_left/right``: levels outside the range skip the region normalisation, but ``norm`` is still created
+  in every encoder block (its keys are in the release's state_dicts).
+
+Every spatial global statistic (region means/variances, SimAM's mean/variance) is computed with an
+``nn.AdaptiveAvgPool2d(1)`` module instance (region mean = pool(x * m) / pool(m)), so the TLC converter can swap
+those modules for local sliding-window versions; the arithmetic broadcasts unchanged over local statistic maps.
+Variances are E[(x - s)^2] - E[x - s]^2 with s a constant per-channel shift (the detached centre pixel, a value
+within a few standard deviations of the mean): exact for any s, also for local windows, without the cancellation of
+the unshifted form when |mean| >> std, and not itself a spatial reduction (TLC's converter reports those).
+
+Table 4 ablations (``dfr_variant``): 'base' = A without the region normalisation; 'sf' = A; 'ea' = A(base) * B;
+'sf_identity' = A + identity; 'sf_ea' = A * B; 'full' = A * B + identity (DFR). Branches a variant lacks have no
+modules. The paper's Table 4 parameter counts do not follow from one consistent structure: 'sf', 'sf_identity',
+'sf_ea' and 'full' match ours (15.4 / 15.8 / 18.6 / 18.9 M), but its 'base' (12.7 M) and 'ea' (13.1 M) lie 2.7 M and
+5.5 M below what removing branches gives (15.4 / 18.6 M); see ``COMPLEXITY_PRESETS``.
+"""
+import torch
+from basicsr.utils.registry import ARCH_REGISTRY
+from torch import nn
+
+from ..errors import ConfigError
+from .hinet_arch import HINet
+
+MASK_MODES = ('ste', 'hard', 'soft')
+REGION_STATS = ('sample', 'batch')
+# variant -> (spatial filter normalisation, energy attention, identity)
+DFR_VARIANTS = {'base': (False, False, False), 'sf': (True, False, False), 'ea': (False, True, False),
+                'sf_identity': (True, False, True), 'sf_ea': (True, True, False), 'full': (True, True, True)}
+# keywords that reproduce the authors' release (with ``mask_mode='hard'`` for their gradients too)
+RELEASE_DFR = dict(mask_threshold=0.8, energy_lambda=1e-4, region_stats='batch', energy_unbiased=True)
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ConfigError(f"network_g.{name}: must be one of {list(choices)}, got {value!r}")
+
+
+def pooled_moments(pool, x, region=None, prior=0.0):
+    """Mean and variance of ``x`` through ``pool`` (an AdaptiveAvgPool2d(1) or a local replacement).
+
+    With ``region`` (a mask broadcastable to x) the moments are those of the masked pixels, mixed with the whole
+    map's at weight ``prior`` (a fraction of the map): (pool(x m) + prior pool(x)) / (pool(m) + prior).
+    """
+    h, w = x.shape[-2:]
+    shift = x.detach()[..., h // 2:h // 2 + 1, w // 2:w // 2 + 1]  # numerical shift only (see module docstring)
+    xs = x - shift
+    sq = xs * xs
+    if region is None:
+        m1, m2 = pool(xs), pool(sq)
+    else:
+        area = pool(region) + prior
+        m1, m2 = pool(xs * region), pool(sq * region)
+        if prior:
+            m1, m2 = m1 + prior * pool(xs), m2 + prior * pool(sq)
+        m1, m2 = m1 / area, m2 / area
+    return m1 + shift, (m2 - m1 * m1).clamp_min(0)
+
+
+class ChannelAffine(nn.Module):
+    """Per-channel scale and bias; the parameter names of an affine InstanceNorm2d (``weight``, ``bias``)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+class SpatialResponse(nn.Module):
+    """M_sr = sigmoid(conv([mean_c, max_c])) (Eq. 3) and gamma, beta = conv(M_sr) (Eq. 4); release key ``norm.sa``."""
+
+    def __init__(self, kernel_size=7):
+        super().__init__()
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv2d(2, 1, kernel_size, padding=pad, bias=False)
+        self.gamma_conv = nn.Conv2d(1, 1, kernel_size, padding=pad)
+        self.beta_conv = nn.Conv2d(1, 1, kernel_size, padding=pad)
+
+    def forward(self, x):
+        desc = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        m_sr = torch.sigmoid(self.conv1(desc))
+        return m_sr, self.gamma_conv(m_sr), self.beta_conv(m_sr)
+
+
+class MaskedRegionNorm(nn.Module):
+    """Normalises the masked region and its complement separately (Eqs. 5-7); release key ``norm.rn``."""
+
+    def __init__(self, channels, region_stats='sample', eps=1e-5, region_prior=1e-3):
+        super().__init__()
+        _choice('region_stats', region_stats, REGION_STATS)
+        self.region_stats = region_stats
+        self.eps = eps
+        self.region_prior = region_prior
+        self.bn_norm = ChannelAffine(channels)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x, mask):
+        regions = (mask, 1 - mask)
+        if self.region_stats == 'sample':
+            out = 0
+            for r in regions:
+                mu, var = pooled_moments(self.pool, x, r, self.region_prior)
+                out = out + r * (x - mu) * torch.rsqrt(var + self.eps)
+            return self.bn_norm(out)
+        out = 0
+        for r in regions:  # release: fill the holes with the batch-wide region mean, instance-normalise, rescale
+            frac = self.pool(r).mean(dim=0, keepdim=True).clamp_min(1e-12)  # empty region: contributes 0
+            mu = self.pool(x * r).mean(dim=0, keepdim=True) / frac
+            filled = x * r + (1 - r) * mu
+            f_mu, f_var = pooled_moments(self.pool, filled)
+            out = out + self.bn_norm((filled - f_mu) * torch.rsqrt(f_var + self.eps)) * frac.sqrt()
+        return out
+
+
+class RegionNorm(nn.Module):
+    """Adaptive feature normalisation of the spatial filter branch; release key ``norm`` (see module docstring)."""
+
+    def __init__(self, channels, mask_threshold=0.75, mask_mode='ste', mask_temperature=0.05, region_stats='sample',
+                 region_prior=1e-3, kernel_size=7):
+        super().__init__()
+        _choice('mask_mode', mask_mode, MASK_MODES)
+        self.channels = channels
+        self.mask_threshold = mask_threshold
+        self.mask_mode = mask_mode
+        self.mask_temperature = mask_temperature
+        self.sa = SpatialResponse(kernel_size)
+        self.rn = MaskedRegionNorm(channels, region_stats, region_prior=region_prior)
+
+    def mask(self, m_sr):
+        """Degraded-pixel mask from the response map: 1 where M_sr >= t ('ste'/'hard' forward)."""
+        if self.mask_mode == 'soft':
+            return torch.sigmoid((m_sr - self.mask_threshold) / self.mask_temperature)
+        hard = (m_sr.detach() >= self.mask_threshold).to(m_sr.dtype)
+        return hard + (m_sr - m_sr.detach()) if self.mask_mode == 'ste' else hard
+
+    def forward(self, x):
+        m_sr, gamma, beta = self.sa(x)
+        return self.rn(x, self.mask(m_sr)) * (1 + gamma) + beta
+
+
+class EnergyAttention(nn.Module):
+    """SimAM energy attention (Eqs. 8-9): x * sigmoid((x - mu)^2 / (4 (var + lambda)) + 0.5), no parameters."""
+
+    def __init__(self, energy_lambda=1e-6, unbiased=False):
+        super().__init__()
+        self.energy_lambda = energy_lambda
+        self.unbiased = unbiased
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        mu, var = pooled_moments(self.pool, x)
+        if self.unbiased:
+            n = x.shape[-2] * x.shape[-1]
+            var = var * (n / max(n - 1, 1))
+        inv_energy = (x - mu).pow(2) / (4 * (var + self.energy_lambda)) + 0.5
+        return x * torch.sigmoid(inv_energy)
+
+
+class DFR(nn.Module):
+    """Dynamic Filter Restoration block (Sec. 3.2): spatial filter x energy attention + identity.
+
+    A plug-in block: ``DFR(in_size, out_size)`` maps (N, in_size, H, W) -> (N, out_size, H, W) for any H, W.
+    ``variant`` selects the Table 4 ablation; ``use_norm=False`` keeps the ``norm`` module but skips it (HINet's
+    HIN range). Other keywords: see the module docstring.
+    """
+
+    def __init__(self, in_size, out_size, relu_slope=0.2, variant='full', use_norm=True, mask_threshold=0.75,
+                 energy_lambda=1e-6, mask_mode='ste', mask_temperature=0.05, region_stats='sample',
+                 energy_unbiased=False, region_prior=1e-3):
+        super().__init__()
+        _choice('dfr_variant', variant, DFR_VARIANTS)
+        use_sf, use_ea, use_identity = DFR_VARIANTS[variant]
+        self.variant = variant
+        self.conv_1 = nn.Conv2d(in_size, out_size, 3, 1, 1)
+        self.relu_1 = nn.LeakyReLU(relu_slope, inplace=False)
+        if use_ea:
+            self.conv_2 = nn.Conv2d(in_size, out_size, 3, 1, 1)
+            self.energy = EnergyAttention(energy_lambda, energy_unbiased)
+            self.relu_2 = nn.LeakyReLU(relu_slope, inplace=False)
+        if use_identity:
+            self.identity = nn.Conv2d(in_size, out_size, 1, 1, 0)
+        if use_sf:
+            self.norm = RegionNorm(out_size // 2, mask_threshold, mask_mode, mask_temperature, region_stats,
+                                   region_prior)
+        self.use_norm = use_sf and use_norm
+
+    def forward(self, x):
+        out = self.conv_1(x)
+        if self.use_norm:
+            half = self.norm.channels
+            out = torch.cat([self.norm(out[:, :half]), out[:, half:]], dim=1)
+        out = self.relu_1(out)
+        if hasattr(self, 'conv_2'):
+            out = out * self.relu_2(self.energy(self.conv_2(x)))
+        if hasattr(self, 'identity'):
+            out = out + self.identity(x)
+        return out
+
+
+class DFRDownBlock(DFR):
+    """DRCNet's encoder block: DFR, + CSFF in stage 2, then HINet's 4x4 stride-2 downsampling (HINet's protocol)."""
+
+    def __init__(self, in_size, out_size, downsample, use_csff=False, **dfr_kwargs):
+        super().__init__(in_size, out_size, **dfr_kwargs)
+        self.downsample = downsample
+        if downsample and use_csff:
+            self.csff_enc = nn.Conv2d(out_size, out_size, 3, 1, 1)
+            self.csff_dec = nn.Conv2d(out_size, out_size, 3, 1, 1)
+        if downsample:
+            self.downsample = nn.Conv2d(out_size, out_size, kernel_size=4, stride=2, padding=1, bias=False)
+
+    def forward(self, x, enc=None, dec=None):
+        out = super().forward(x)
+        if enc is not None and dec is not None:
+            out = out + self.csff_enc(enc) + self.csff_dec(dec)
+        if self.downsample:
+            return self.downsample(out), out
+        return out
+
+
+@ARCH_REGISTRY.register()
+class DRCNet(HINet):
+    """DRCNet (Sec. 3.1): HINet's two-stage U-Net (depth 4) with DFR encoder blocks; returns [stage 1, final].
+
+    Defaults: the paper's hyper-parameters with the release's structure (18,975,798 parameters at wf=64).
+    ``DRCNet(**RELEASE_DFR)`` computes what the release computes. Inputs of any size are reflect-padded to a
+    multiple of 2^(depth-1) and the outputs cropped back (inherited from HINet).
+    """
+
+    def __init__(self, in_chn=3, wf=64, depth=4, relu_slope=0.2, hin_position_left=0, hin_position_right=4,
+                 dfr_variant='full', mask_threshold=0.75, energy_lambda=1e-6, mask_mode='ste', mask_temperature=0.05,
+                 region_stats='sample', energy_unbiased=False, region_prior=1e-3):
+        # read by make_encoder_block, which HINet.__init__ calls
+        self.dfr_kwargs = dict(variant=dfr_variant, mask_threshold=mask_threshold, energy_lambda=energy_lambda,
+                               mask_mode=mask_mode, mask_temperature=mask_temperature, region_stats=region_stats,
+                               energy_unbiased=energy_unbiased, region_prior=region_prior, relu_slope=relu_slope)
+        super().__init__(in_chn=in_chn, wf=wf, depth=depth, relu_slope=relu_slope,
+                         hin_position_left=hin_position_left, hin_position_right=hin_position_right)
+
+    def make_encoder_block(self, in_size, out_size, level, downsample, use_csff):
+        left, right = self.hin_range
+        return DFRDownBlock(in_size, out_size, downsample, use_csff=use_csff, use_norm=left <= level <= right,
+                            **self.dfr_kwargs)
+
+
+# Params and MACs at 1x3x256x256 (scripts/complexity.py). The paper gives no MACs; Table 4's counts are rounded to
+# 0.1 M and its 'base'/'ea' rows are not reachable by removing branches (see the module docstring).
+COMPLEXITY_PRESETS = [
+    dict(label='DRCNet', opt={'type': 'DRCNet', 'wf': 64}, ref_params=18_975_798, ref_macs_g=None,
+         note='params: release (paper Tables 1-5: 18.9 M); no MACs in the paper'),
+] + [
+    dict(label=f'DRCNet {variant} (Table 4)', opt={'type': 'DRCNet', 'wf': 64, 'dfr_variant': variant},
+         ref_params=paper, ref_macs_g=None, note='paper Table 4 (0.1 M rounding)')
+    for variant, paper in (('base', 12_700_000), ('sf', 15_400_000), ('ea', 13_100_000),
+                           ('sf_identity', 15_800_000), ('sf_ea', 18_600_000))
+]

@@ -1,0 +1,55 @@
+"""scripts/complexity.py: HINet's parameter counts and MACs (mmengine and thop convention) at 1x3x256x256."""
+import importlib.util
+import os
+
+import pytest
+from torch import nn
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location('complexity_script', os.path.join(REPO, 'scripts', 'complexity.py'))
+complexity = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(complexity)
+
+
+def _row(table, label):
+    return next(line for line in table.splitlines() if line.startswith(f'| {label} |')).split(' | ')
+
+
+def test_hinet_half_width_params_and_macs(capsys):
+    table = complexity.main(['--only', 'HINet 0.5x', '--markdown'])
+    row = _row(table, 'HINet 0.5x')
+    # columns: label, params (M), ref params, Δ params, MACs mmengine, MACs thop conv., paper MACs, Δ, Δ, note
+    assert row[1] == '22.177' and row[3] == '+0.00%'
+    assert abs(float(row[4]) - 39.56) / 39.56 < 1e-3, row
+    assert abs(float(row[5]) - 42.8) / 42.8 < 2e-3, row
+    assert row[6] == '42.88'
+    assert '170.5 G / 42.8 G' in table and capsys.readouterr().out.startswith('| Model |')
+
+
+def test_hinet_exact_parameter_counts():
+    presets = dict((p['label'], p) for _, p in complexity.collect_presets())
+    assert complexity.measure(complexity.build(presets['HINet 0.5x']['opt']), macs=False)['params'] == 22_176_518
+    assert complexity.measure(complexity.build(presets['HINet 1x']['opt']), macs=False)['params'] == 88_669_702
+
+
+def test_presets_are_collected_from_every_arch_module():
+    modules = {m for m, _ in complexity.collect_presets()}
+    assert {'hinet_arch', 'mprnet_arch'} <= modules
+
+
+def test_thop_convention_charges_transposed_convs_stride_squared():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 6, 2, stride=2),
+                        nn.ConvTranspose2d(6, 3, 3, stride=3))
+    r = complexity.measure(net, size=8)
+    conv = 3 * 4 * 9 * 8 * 8
+    up2 = 4 * 6 * 2 * 2 * 8 * 8          # per input pixel (mmengine)
+    up3 = 6 * 3 * 3 * 3 * 16 * 16
+    assert r['macs'] == conv + up2 + up3
+    assert r['macs_thop'] == conv + 4 * up2 + 9 * up3
+
+
+def test_unknown_label_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        complexity.main(['--only', 'NoSuchNet', '--no-macs'])
+    assert exc.value.code == 2 and "no preset label contains 'NoSuchNet'" in capsys.readouterr().err

@@ -1,0 +1,181 @@
+"""Distributed training through the literal launcher: ``torchrun --nproc_per_node=2 basicsr/train.py ... --launcher
+pytorch`` on CPU (gloo), compared with one process training on the doubled batch.
+
+What is checked, per network: both ranks train (the logged loss is basicsr's average over ranks, and it matches the
+single-process loss on the union of both ranks' batches only if both contributed), validation runs on rank 0 only,
+every checkpoint file is written once, by rank 0 (an audit hook in a ``sitecustomize`` on PYTHONPATH records each
+rename into place and each validation image folder, with the writer's RANK). For HINet the 2-rank run is also
+stopped at iteration 4 and continued with ``--auto_resume`` (CPU map location, per-rank random states gathered into
+the state, the sampler continuing inside the epoch): its iterations 5-6 must still match the single process.
+
+Why the losses can match: with ``gt_size`` equal to the crop size and no flips/rotations the samples are
+deterministic; ``EnlargedSampler`` gives rank r the positions r, r+2, ... of the same per-epoch permutation that
+the single process reads in order, so both see the same 8 images per iteration; DDP starts every rank from rank 0's
+weights (seeded like the single process) and averages the gradients, which equals the gradient of the batch mean.
+Tolerance: losses that are batch means (PSNR, Charbonnier, edge) agree up to float32 reduction order; measured:
+identical to the 5 significant digits basicsr logs for HINet and MPRNet (4 iterations), checked at relative 2e-4.
+Intra-CR is a ratio of batch means (d_pos / d_neg per VGG layer), so the mean over ranks of per-rank ratios is not
+the ratio over the whole batch: measured 4.4e-5 relative for DRCNet + Intra-CR, checked at 1e-3.
+"""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import uuid
+
+import pytest
+import torch
+from conftest import PY, REPO, base_options, write_options
+from test_resume import logged_iterations
+
+from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
+
+from hinet_plugins import compat
+
+_TRACE_HOOK = '''import os, sys
+_trace = os.environ.get('HINET_TEST_TRACE')
+if _trace:
+    def _hook(event, args):
+        if event == 'os.rename' and str(args[1]).endswith(('.pth', '.state')):
+            line = 'save ' + os.path.basename(str(args[1]))
+        elif event == 'os.mkdir' and '/visualization/' in str(args[0]):
+            line = 'val ' + os.path.basename(str(args[0]))
+        else:
+            return
+        with open(_trace, 'a') as f:
+            f.write(os.environ.get('RANK', '-') + ' ' + line + '\\n')
+    sys.addaudithook(_hook)
+'''
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def vgg19_file(tmp_path_factory):
+    """Random torchvision-vgg19 weights for Intra-CR (only conv1_1..conv3_1 are used; the rest is stored as a
+    broadcast zero, which keeps the file small). Never downloaded."""
+    from torchvision.models import vgg19
+    with torch.device('meta'):
+        shapes = {k: v.shape for k, v in vgg19(weights=None).state_dict().items()}
+    gen = torch.Generator().manual_seed(1)
+    state = {k: (torch.randn(s, generator=gen) * 0.1 if k.startswith('features.') and int(k.split('.')[1]) < 12
+                 else torch.zeros(1).expand(s)) for k, s in shapes.items()}
+    path = str(tmp_path_factory.mktemp('vgg') / 'vgg19.pth')
+    torch.save(state, path)
+    return path
+
+
+CASES = {
+    'HINet': ({'type': 'HINet', 'wf': 8, 'depth': 3}, None, 2e-4),
+    'MPRNet': ({'type': 'MPRNet', 'n_feat': 8, 'scale_unetfeats': 4, 'scale_orsnetfeats': 4, 'num_cab': 1},
+               [{'type': 'CharbonnierLoss', 'eps': 1e-3}, {'type': 'EdgeLoss', 'loss_weight': 0.05}], 2e-4),
+    'DRCNet': ({'type': 'DRCNet', 'wf': 8, 'depth': 3}, [{'type': 'IntraCRLoss', 'vgg_weights': 'VGG'}], 1e-3),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arch', list(CASES))
+def test_torchrun_two_ranks_on_cpu_matches_doubled_batch(tiny_data, tmp_path, vgg19_file, arch):
+    network, losses, rtol = CASES[arch]
+    for spec in [network] + (losses or []):
+        registry = ARCH_REGISTRY if spec is network else LOSS_REGISTRY
+        if spec['type'] not in registry:
+            pytest.skip(f"{spec['type']} is not registered (yet) in this checkout")
+    losses = [dict(s, vgg_weights=vgg19_file) if 'vgg_weights' in s else s for s in losses or []]
+    name = f'pytest_dist_{arch}_{uuid.uuid4().hex[:8]}'
+    resume = arch == 'HINet'  # HINet also stops the 2-rank run at 4 and resumes it (--auto_resume) to 6
+    total = 6 if resume else 4
+    opts = {}
+    for run, batch in (('dist', 4), ('single', 8)):
+        opt = base_options(tiny_data, name=f'{name}_{run}', network=network, total_iter=total)
+        opt['datasets']['train'].update(gt_size=64, use_hflip=False, use_rot=False, batch_size_per_gpu=batch)
+        if losses:
+            del opt['train']['pixel_opt']
+            opt['train']['losses'] = losses
+        opt['logger']['save_checkpoint_freq'] = 2
+        opt['val'].update(val_freq=4, save_img=True, suffix=None)
+        opts[run] = write_options(opt, tmp_path / f'{run}.yml')
+
+    hook_dir = tmp_path / 'hook'
+    hook_dir.mkdir()
+    (hook_dir / 'sitecustomize.py').write_text(_TRACE_HOOK)
+    trace = tmp_path / 'trace.txt'
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', HINET_TEST_TRACE=str(trace),
+               PYTHONPATH=str(hook_dir))
+    env.pop('BASICSR_DIST_BACKEND', None)
+    def torchrun(*flags):
+        cmd = [PY, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
+               'basicsr/train.py', '-opt', opts['dist'], '--launcher', 'pytorch', *flags]
+        return subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=500)
+
+    single_env = dict(env, HINET_TEST_TRACE='')
+    try:
+        single = subprocess.Popen([PY, 'basicsr/train.py', '-opt', opts['single']], cwd=REPO, env=single_env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        dists = [torchrun('--force_yml', 'train:total_iter=4') if resume else torchrun()]
+        if resume and dists[0].returncode == 0:
+            dists.append(torchrun('--auto_resume'))
+        single_out = single.communicate(timeout=500)[0]
+        exp_dir = os.path.join(REPO, 'experiments', f'{name}_dist')
+        log = ''.join(open(os.path.join(exp_dir, f)).read() for f in sorted(os.listdir(exp_dir))
+                      if f.startswith('train_') and f.endswith('.log'))
+    finally:
+        for run in ('dist', 'single'):
+            shutil.rmtree(os.path.join(REPO, 'experiments', f'{name}_{run}'), ignore_errors=True)
+    for dist in dists:
+        assert dist.returncode == 0, dist.stdout[-5000:]
+        assert 'Traceback' not in dist.stdout
+    assert single.returncode == 0, single_out[-5000:]
+    assert 'World size (gpu number): 2' in log and 'Batch size per gpu: 4' in log
+
+    events = open(trace).read().split('\n')
+    saves = sorted(e for e in events if ' save ' in e)
+    expected = ['net_g_2.pth', 'net_g_4.pth', 'net_g_latest.pth', '2.state', '4.state']
+    if resume:
+        expected += ['net_g_6.pth', '6.state', 'net_g_latest.pth']
+        assert 'Resuming training from epoch: 0, iter: 4.' in log and 'skipping its 4 batch(es)' in log
+    assert saves == sorted(f'0 save {f}' for f in expected), saves  # each file once per save, by rank 0
+    vals = [e for e in events if ' val ' in e]
+    assert vals == ['0 val chelsea'] * (3 if resume else 2), vals  # at 4 and after each run; rank 0 only
+    assert len(re.findall(r'Validation tiny_val', log)) == len(vals)
+
+    got, want = logged_iterations(log), logged_iterations(single_out)
+    assert sorted(got) == sorted(want) == list(range(1, total + 1))
+    worst = 0.0
+    for it in want:
+        terms = [k for k in want[it] if k.startswith('l_')]
+        assert terms and sorted(terms) == sorted(k for k in got[it] if k.startswith('l_'))
+        for k in terms:
+            a, b = float(got[it][k]), float(want[it][k])
+            worst = max(worst, abs(a - b) / max(abs(b), 1e-3))
+            assert abs(a - b) <= rtol * max(abs(b), 1e-3), (arch, it, k, a, b)
+    print(f'{arch}: 2 ranks x 4 vs 1 x 8, largest relative loss difference over {total} iterations: {worst:.1e}')
+
+
+# ---------------------------------------------------------------------------------------------- backend choice
+@pytest.mark.parametrize('cuda, expected', [(True, 'nccl'), (False, 'gloo')])
+def test_backend_follows_the_device(monkeypatch, cuda, expected):
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+    monkeypatch.delenv('BASICSR_DIST_BACKEND', raising=False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2 if cuda else 0)
+    calls = {}
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda d: calls.setdefault('device', d))
+    monkeypatch.setattr(mp, 'get_start_method', lambda allow_none=False: 'fork')
+    monkeypatch.setattr(dist, 'init_process_group', lambda backend=None, **kw: calls.setdefault('backend', backend))
+    monkeypatch.setenv('RANK', '3')
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    assert compat.dist_backend() == expected
+    import basicsr.utils.options as bsr_options
+    bsr_options.init_dist('pytorch')  # the reference basicsr's parse_options calls
+    assert calls['backend'] == expected
+    assert calls.get('device') == (1 if cuda else None)  # LOCAL_RANK % device_count; no CUDA call on CPU
+    monkeypatch.setenv('BASICSR_DIST_BACKEND', 'gloo')
+    assert compat.dist_backend() == 'gloo'  # explicit override wins

@@ -1,0 +1,272 @@
+"""scripts/prepare_data.py on small fake trees with the official layouts, then a few training iterations on the
+result through the repository's own option files (dataset paths unchanged); error cases; idempotence;
+scripts/plot_curves.py on the log of one of those trainings."""
+import contextlib
+import functools
+import importlib.util
+import io
+import os
+
+import cv2
+import lmdb
+import numpy as np
+import pytest
+import scipy.io
+import yaml
+
+from conftest import PY, REPO, run_cli, train_module, write_options
+from hinet_plugins.data.demo_data import degrade, load_photo
+
+SCRIPT = os.path.join(REPO, 'scripts', 'prepare_data.py')
+SIDD_SCENES = ('0001_001_S6_00100_00060_3200_L', '0002_001_S6_00100_00020_3200_N')
+
+
+@functools.lru_cache(None)
+def _photo():
+    return load_photo('astronaut')
+
+
+def _pair(h, w, seed):
+    photo = _photo()
+    y, x = 17 * seed % (photo.shape[0] - h), 29 * seed % (photo.shape[1] - w)
+    clean = cv2.cvtColor(np.ascontiguousarray(photo[y:y + h, x:x + w]), cv2.COLOR_RGB2BGR)
+    return clean, degrade(clean, sigma=20, seed=seed)
+
+
+def _write(path, img):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    assert cv2.imwrite(path, img)
+
+
+def make_sidd(root):
+    data = os.path.join(root, 'train', 'SIDD_Medium_Srgb', 'Data')
+    for i, scene in enumerate(SIDD_SCENES):
+        gt, noisy = _pair(72, 88, i)
+        _write(os.path.join(data, scene, 'GT_SRGB_010.PNG'), gt)
+        _write(os.path.join(data, scene, 'NOISY_SRGB_010.PNG'), noisy)
+    blocks = [_pair(48, 48, 10 + i) for i in range(4)]
+    gt = np.stack([b[0][..., ::-1] for b in blocks]).reshape(2, 2, 48, 48, 3)
+    noisy = np.stack([b[1][..., ::-1] for b in blocks]).reshape(2, 2, 48, 48, 3)
+    os.makedirs(os.path.join(root, 'val'), exist_ok=True)
+    scipy.io.savemat(os.path.join(root, 'val', 'ValidationGtBlocksSrgb.mat'), {'ValidationGtBlocksSrgb': gt})
+    scipy.io.savemat(os.path.join(root, 'val', 'ValidationNoisyBlocksSrgb.mat'), {'ValidationNoisyBlocksSrgb': noisy})
+
+
+def make_gopro(root):
+    """GOPRO_Large scene folders for train, the flattened input/target layout (MPRNet/HINet) for test."""
+    for s, scene in enumerate(('GOPR0372_07_00', 'GOPR0374_11_01')):
+        for f in range(2):
+            sharp, blur = _pair(64, 80, 3 * s + f)
+            _write(os.path.join(root, 'train', scene, 'sharp', f'{f:06d}.png'), sharp)
+            _write(os.path.join(root, 'train', scene, 'blur', f'{f:06d}.png'), cv2.GaussianBlur(blur, (5, 5), 1.5))
+    for f in range(2):
+        sharp, blur = _pair(64, 72, 20 + f)
+        _write(os.path.join(root, 'test', 'target', f'GOPR0384_11_00-{f:06d}.png'), sharp)
+        _write(os.path.join(root, 'test', 'input', f'GOPR0384_11_00-{f:06d}.png'), cv2.GaussianBlur(blur, (5, 5), 1.5))
+
+
+def make_reds(root):
+    for split, frames in (('train', (0, 1)), ('val', (8, 9))):
+        for clip in ('000', '001'):
+            for f in frames:
+                sharp, blur = _pair(64, 64, int(clip) * 7 + f)
+                _write(os.path.join(root, split, f'{split}_sharp', clip, f'{f:08d}.png'), sharp)
+                _write(os.path.join(root, split, f'{split}_blur_jpeg', clip, f'{f:08d}.jpg'), blur)
+
+
+def make_rain13k(root, test_sets=('Rain100H', 'Test100')):
+    for i, (h, w) in enumerate(((64, 64), (72, 64), (64, 80))):
+        clean, rainy = _pair(h, w, 30 + i)
+        _write(os.path.join(root, 'train', 'target', f'{i + 1}.jpg'), clean)
+        _write(os.path.join(root, 'train', 'input', f'{i + 1}.jpg'), rainy)
+    for t, name in enumerate(test_sets):
+        for i in range(2):
+            clean, rainy = _pair(48, 56, 40 + 2 * t + i)
+            _write(os.path.join(root, 'test', name, 'target', f'rain-{i:03d}.png'), clean)
+            _write(os.path.join(root, 'test', name, 'input', f'rain-{i:03d}.png'), rainy)
+
+
+def _load_script(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PREPARE = _load_script(SCRIPT, 'prepare_data_script')
+PLOT = _load_script(os.path.join(REPO, 'scripts', 'plot_curves.py'), 'plot_curves_script')
+
+
+def prepare(cwd, *args, check=True):
+    """``scripts/prepare_data.py ARGS`` run in-process in ``cwd`` (imports paid once); returns (exit code, output)."""
+    out, here = io.StringIO(), os.getcwd()
+    code = 0
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            PREPARE.main([*args, '--no-progress'])
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        os.chdir(here)
+    if check and code:
+        raise AssertionError(f'prepare_data {args} failed ({code}):\n{out.getvalue()}')
+    return code, out.getvalue()
+
+
+def lmdb_keys(path):
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        keys = sorted(k.decode() for k in txn.cursor().iternext(values=False))
+    env.close()
+    with open(os.path.join(path, 'meta_info.txt')) as f:
+        meta = sorted(line.split('.png ')[0] for line in f)
+    assert keys == meta, 'meta_info.txt lists exactly the LMDB keys'
+    assert not any('.' in k for k in keys)
+    return keys
+
+
+def train_with_repo_options(name, cwd, iters=1, gt_size=32, tensorboard=False):
+    """The repository's option file, dataset paths untouched (relative to ``cwd``), shrunk to a few CPU iterations."""
+    with open(os.path.join(REPO, 'options', 'train', f'HINet-{name}.yml')) as f:
+        opt = yaml.safe_load(f)
+    opt.update(num_gpu=0, name=f'prep_{name}')
+    opt['network_g'].update(wf=8, depth=3, hin_position_left=min(opt['network_g'].get('hin_position_left', 0), 2),
+                            hin_position_right=2)
+    opt['datasets']['train'].update(gt_size=gt_size, batch_size_per_gpu=2, num_worker_per_gpu=0)
+    opt['train'].update(total_iter=iters)
+    opt['train']['scheduler']['T_max'] = iters
+    opt['val'].update(val_freq=iters, crop_size=32)
+    opt['logger'].update(print_freq=1, save_checkpoint_freq=iters, use_tb_logger=tensorboard)
+    proc = train_module(write_options(opt, os.path.join(cwd, f'{name}.yml')), cwd)
+    exp = os.path.join(cwd, 'experiments', f'prep_{name}')
+    assert os.path.isfile(os.path.join(exp, 'models', f'net_g_{iters}.pth')), proc.stdout[-3000:]
+    assert '# psnr:' in proc.stdout, 'validation ran on the prepared validation/test LMDB'
+    return exp
+
+
+def test_sidd_prepare_train_and_plot_curves(tmp_path):
+    make_sidd(tmp_path / 'datasets' / 'SIDD')
+    out = prepare(tmp_path, 'sidd', '--crop-size', '48', '--step', '32')[1]
+    sidd = tmp_path / 'datasets' / 'SIDD'
+    keys = lmdb_keys(sidd / 'train' / 'gt_crops.lmdb')
+    # 72x88 with 48 crops, step 32: rows at 0, 24; columns at 0, 32, 40 -> 6 crops per image
+    assert len(keys) == 12 and keys[0] == f'{SIDD_SCENES[0]}_010_s001'
+    assert keys == lmdb_keys(sidd / 'train' / 'input_crops.lmdb')
+    assert lmdb_keys(sidd / 'val' / 'gt_crops.lmdb') == ['00_00', '00_01', '01_00', '01_01']
+    with open(sidd / 'train' / 'gt_crops.lmdb' / 'meta_info.txt') as f:
+        assert f.readline().split()[1] == '(48,48,3)'
+    # the validation blocks are stored as they were in the .mat (RGB there, BGR PNG in the LMDB)
+    env = lmdb.open(str(sidd / 'val' / 'gt_crops.lmdb'), readonly=True, lock=False)
+    with env.begin() as txn:
+        stored = cv2.imdecode(np.frombuffer(txn.get(b'01_00'), np.uint8), cv2.IMREAD_COLOR)
+    env.close()
+    assert np.array_equal(stored[..., ::-1], scipy.io.loadmat(sidd / 'val' / 'ValidationGtBlocksSrgb.mat')
+                          ['ValidationGtBlocksSrgb'][1, 0])
+    assert 'wrote 12 pairs' in out
+    # idempotent: a second run skips, data untouched
+    data_mdb = sidd / 'train' / 'gt_crops.lmdb' / 'data.mdb'
+    before = os.stat(data_mdb).st_mtime_ns
+    assert prepare(tmp_path, 'sidd', '--crop-size', '48', '--step', '32')[1].count('up to date') == 2
+    assert os.stat(data_mdb).st_mtime_ns == before
+    # other settings on top of a finished build: refused without --force, clean rebuild with it
+    code, msg = prepare(tmp_path, 'sidd', '--crop-size', '40', '--step', '40', '--splits', 'train', check=False)
+    assert code == 2 and '--force' in msg and 'other sources or settings' in msg
+    prepare(tmp_path, 'sidd', '--crop-size', '48', '--step', '48', '--splits', 'train', '--force')
+    assert len(lmdb_keys(sidd / 'train' / 'gt_crops.lmdb')) == 8  # rows 0, 24; columns 0, 40
+    assert not [p for p in os.listdir(sidd / 'train') if p.startswith('.partial')]
+
+    exp = train_with_repo_options('SIDD', tmp_path, iters=2, tensorboard=True)
+    png = tmp_path / 'curves.png'
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        PLOT.main([exp, '-o', str(png)])
+    assert png.stat().st_size > 5000 and 'train l_psnr: 2 points' in out.getvalue()
+    assert 'val SIDD_val/psnr' in out.getvalue()
+    # the same curves from the TensorBoard events basicsr wrote (logger.use_tb_logger)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        PLOT.main([str(tmp_path / 'tb_logger' / 'prep_SIDD')])
+    assert 'train l_psnr: 2 points' in out.getvalue() and 'val SIDD_val/psnr' in out.getvalue()
+    assert (tmp_path / 'tb_logger' / 'prep_SIDD' / 'training_curves.png').stat().st_size > 5000
+    assert cv2.imread(str(png)).shape[1] > 500
+
+
+def test_gopro_and_reds_prepare_and_train(tmp_path):
+    make_gopro(tmp_path / 'datasets' / 'GoPro')
+    prepare(tmp_path, 'gopro', '--crop-size', '48', '--step', '32')
+    gopro = tmp_path / 'datasets' / 'GoPro'
+    train_keys = lmdb_keys(gopro / 'train' / 'sharp_crops.lmdb')
+    assert len(train_keys) == 4 * 4 and train_keys[0] == 'GOPR0372_07_00_000000_s001'  # 64x80: rows 0,16 x cols 0,32
+    assert lmdb_keys(gopro / 'test' / 'input.lmdb') == ['GOPR0384_11_00-000000', 'GOPR0384_11_00-000001']
+    with open(gopro / 'test' / 'target.lmdb' / 'meta_info.txt') as f:
+        assert '(64,72,3)' in f.readline(), 'test images are stored full size'
+    train_with_repo_options('GoPro', tmp_path)
+
+    make_reds(tmp_path / 'datasets' / 'REDS')
+    prepare(tmp_path, 'reds', '--crop-size', '48', '--step', '16')
+    reds = tmp_path / 'datasets' / 'REDS'
+    assert len(lmdb_keys(reds / 'train' / 'blur_crops.lmdb')) == 4 * 4
+    # REDS-val-300: only frames whose number ends in 9
+    assert lmdb_keys(reds / 'val' / 'sharp_300.lmdb') == ['000_00000009', '001_00000009']
+    assert lmdb_keys(reds / 'val' / 'blur_300.lmdb') == ['000_00000009', '001_00000009']
+    train_with_repo_options('REDS', tmp_path)
+
+
+def test_rain13k_prepare_and_train(tmp_path):
+    root = tmp_path / 'datasets' / 'Rain13k'
+    make_rain13k(root)
+    code, msg = prepare(tmp_path, 'rain13k', check=False)  # default: all five test sets, three are missing here
+    assert code == 2
+    for name in ('Rain100L', 'Test2800', 'Test1200'):
+        assert f"'datasets/Rain13k/test/{name}' is missing" in msg
+    assert not os.path.exists(root / 'train' / 'input.lmdb'), 'nothing written when the layout is incomplete'
+    prepare(tmp_path, 'rain13k', '--sets', 'Rain100H,Test100')
+    assert lmdb_keys(root / 'train' / 'input.lmdb') == ['1', '2', '3']
+    assert lmdb_keys(root / 'test' / 'Test100' / 'target.lmdb') == ['rain-000', 'rain-001']
+    train_with_repo_options('Rain13k', tmp_path)
+
+
+def test_layout_errors_are_reported_before_anything_is_written(tmp_path):
+    root = tmp_path / 'datasets' / 'GoPro'
+    make_gopro(root)
+    scene = root / 'train' / 'GOPR0372_07_00'
+    os.remove(scene / 'blur' / '000001.png')                                     # unpaired name
+    _write(str(scene / 'blur' / '000007.png'), _pair(64, 80, 5)[1])
+    _write(str(root / 'train' / 'GOPR0374_11_01' / 'blur' / '000000.png'), _pair(56, 80, 5)[1])  # size mismatch
+    with open(root / 'test' / 'input' / 'GOPR0384_11_00-000001.png', 'wb') as f:  # unreadable image
+        f.write(b'not a png')
+    proc = run_cli([PY, SCRIPT, 'gopro', '--crop-size', '48', '--step', '32'], tmp_path, check=False)  # real CLI
+    assert proc.returncode == 2 and 'Traceback' not in proc.stdout
+    msg = proc.stdout
+    assert 'only in the first' in msg and "'000001'" in msg and "'000007'" in msg
+    assert "pair 'GOPR0374_11_01_000000': sizes differ" in msg and '64x80' in msg and '56x80' in msg
+    assert 'GOPR0384_11_00-000001.png' in msg and 'cannot be read' in msg
+    assert not any(name.endswith('.lmdb') or name.startswith('.partial') for _, dirs, _ in os.walk(root)
+                   for name in dirs)
+
+    # SIDD: wrong folder, missing partner, missing validation file, crop larger than the images
+    sidd = tmp_path / 'datasets' / 'SIDD'
+    code, msg = prepare(tmp_path, 'sidd', check=False)
+    assert code == 2 and 'train/SIDD_Medium_Srgb/Data' in msg and 'ValidationGtBlocksSrgb.mat' in msg
+    make_sidd(sidd)
+    os.remove(sidd / 'train' / 'SIDD_Medium_Srgb' / 'Data' / SIDD_SCENES[1] / 'NOISY_SRGB_010.PNG')
+    os.remove(sidd / 'val' / 'ValidationNoisyBlocksSrgb.mat')
+    code, msg = prepare(tmp_path, 'sidd', check=False)
+    assert code == 2 and 'has no partner NOISY_SRGB_010.PNG' in msg
+    assert "'ValidationNoisyBlocksSrgb.mat' is missing" in msg and 'smaller than the crop size 512' in msg
+    assert not os.path.exists(sidd / 'train' / 'gt_crops.lmdb')
+
+    # REDS: blurred frames in the wrong folder name
+    make_reds(tmp_path / 'datasets' / 'REDS')
+    os.rename(tmp_path / 'datasets' / 'REDS' / 'val' / 'val_blur_jpeg', tmp_path / 'datasets' / 'REDS' / 'val' / 'blur')
+    code, msg = prepare(tmp_path, 'reds', '--crop-size', '48', '--step', '48', check=False)
+    assert code == 2 and "folder 'datasets/REDS/val/val_blur_jpeg' is missing" in msg
+
+
+@pytest.mark.parametrize('args, message', [(['sidd', '--splits', 'test'], '--splits'),
+                                           (['gopro', '--crop-size', '32', '--step', '64'], '--step')])
+def test_bad_arguments(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        PREPARE.main([*args, '--root', str(tmp_path)])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
