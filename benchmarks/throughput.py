@@ -10,7 +10,8 @@ What is measured, per architecture at its paper configuration and at 0.5x width,
 - fwd: the evaluation forward (``restore`` under ``no_grad`` and the model's ``test_context``);
 - peak memory of a step above what was held before it (CUDA: ``max_memory_allocated``; CPU: the process'
   peak resident set ``VmHWM`` after resetting it through ``/proc/self/clear_refs`` and trimming malloc's free
-  lists); images/s = batch / median step time; ratios are against the plain fp32 run of the same network.
+  lists); images/s = batch / fastest step time (best of ``--repeats``: on a shared machine, interference only
+  ever adds time); ratios are against the plain fp32 run of the same network.
 - "1st s": the first training step (compilation included for ``compile``).
 The model compiles only the training forward (``train.compile``); the ``compile`` fwd column compiles the
 evaluation network here, to show what compiled inference would give.
@@ -186,8 +187,7 @@ def measure(net_opt, switch, args, device, workdir):
     for _ in range(args.warmup - 1):
         timed(lambda: model.optimize_parameters(next(step)), device)
     mem.start()
-    res['train'] = sorted(timed(lambda: model.optimize_parameters(next(step)), device)
-                          for _ in range(args.repeats))[args.repeats // 2]
+    res['train'] = min(timed(lambda: model.optimize_parameters(next(step)), device) for _ in range(args.repeats))
     res['train_mem'] = mem.peak()
     model.optimizer_g.zero_grad(set_to_none=True)
     if switch != 'grad_checkpoint':  # no grads in a forward-only pass: same as fp32
@@ -212,7 +212,7 @@ def measure(net_opt, switch, args, device, workdir):
             for _ in range(args.warmup):
                 timed(forward, device)
         mem.start()
-        res['fwd'] = sorted(timed(forward, device) for _ in range(args.repeats))[args.repeats // 2]
+        res['fwd'] = min(timed(forward, device) for _ in range(args.repeats))
         res['fwd_mem'] = mem.peak()
     del model
     if 'compile' in switch:
@@ -260,7 +260,7 @@ def fmt_ratio(value, ref):
 
 def report(results, switches, args, device):
     print(f'\n### Throughput on {device_name(device)}: batch {args.batch}, {args.size}x{args.size}, '
-          f'median of {args.repeats} after {args.warmup} warm-up step(s)\n')
+          f'best of {args.repeats} after {args.warmup} warm-up step(s)\n')
     print('| network | switch | train ms | train img/s | train speed-up | train peak MB | mem ratio | 1st s '
           '| fwd ms | fwd img/s | fwd speed-up | fwd peak MB | note |')
     print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|')
@@ -296,7 +296,7 @@ def main():
     p.add_argument('--device', default='cuda' if cuda else 'cpu', choices=['cpu', 'cuda'])
     p.add_argument('--batch', type=int, default=None, help='default: 8 on CUDA, 1 on CPU')
     p.add_argument('--size', type=int, default=None, help='square patch side; default: 256 on CUDA, 64 on CPU')
-    p.add_argument('--repeats', type=int, default=None, help='timed steps (median); default: 10 CUDA, 2 CPU')
+    p.add_argument('--repeats', type=int, default=None, help='timed steps (best of); default: 10 CUDA, 3 CPU')
     p.add_argument('--warmup', type=int, default=None, help='untimed steps first; default: 3 CUDA, 1 CPU')
     p.add_argument('--archs', default='all', help='comma-separated registered names, or all')
     p.add_argument('--widths', default='1x,0.5x', help='1x, 0.5x or both')
@@ -316,7 +316,7 @@ def main():
     on_gpu = device.type == 'cuda'
     args.batch = args.batch or (8 if on_gpu else 1)
     args.size = args.size or (256 if on_gpu else 64)
-    args.repeats = args.repeats or (10 if on_gpu else 2)
+    args.repeats = args.repeats or (10 if on_gpu else 3)
     args.warmup = max(1, args.warmup or (3 if on_gpu else 1))
     switches = (args.switches.split(',') if args.switches else
                 ['fp32', 'bf16'] + (['fp16'] if on_gpu else []) + ['channels_last', 'grad_checkpoint', 'compile']

@@ -207,6 +207,12 @@ def check_options(opt, path):
     """All checks that need the parsed options (after basicsr's parse_options)."""
     normalize_release_options(opt)
     check_types(opt, path)
+    model_cls = MODEL_REGISTRY.get(opt.get('model_type', 'SRModel'))
+    if hasattr(model_cls, 'tlc_options'):  # val.tlc is checked now, not at the first validation
+        try:
+            model_cls.tlc_options(opt)
+        except ConfigError as err:
+            raise ConfigError(f'{path}: {err}') from None
     for name, ds in (opt.get('datasets') or {}).items():
         check_dataset(name, ds, path, scale=opt.get('scale', 1))
     for key in ('pretrain_network_g', 'resume_state'):

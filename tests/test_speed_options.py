@@ -143,6 +143,31 @@ def test_compile_failure_falls_back_to_eager_with_the_reason(tiny_data, tmp_path
     assert all(torch.equal(v, results[1][1][k]) for k, v in results[0][1].items())
 
 
+def test_grad_scaler_path_matches_unscaled_training_and_resumes(tiny_data, tmp_path):
+    """The fp16 recipe's scaler logic (scale, unscale before clipping, step, update; state in the training state),
+    run on the CPU with a CPU scaler: power-of-two scaling is exact, so the weights equal unscaled training."""
+    batch = {'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)}
+    models = []
+    for scaled in (False, True):
+        torch.manual_seed(0)
+        model = _model(tiny_data, tmp_path, train={'use_grad_clip': True, 'grad_clip_norm': 0.05})
+        if scaled:
+            model.grad_scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 10, growth_interval=1)
+        model.feed_data(batch)
+        for it in (1, 2):
+            model.optimize_parameters(it)
+        models.append(model)
+    plain, scaled = (m.get_bare_model(m.net_g).state_dict() for m in models)
+    assert all(torch.allclose(plain[k], scaled[k], rtol=1e-5, atol=1e-7) for k in plain)
+    assert models[1].grad_scaler.get_scale() == 2.0 ** 12  # grew once per finite step
+    models[1].save_training_state(0, 2)
+    state = torch.load(tmp_path / 'states' / '2.state', weights_only=False)
+    fresh = _model(tiny_data, tmp_path)
+    fresh.grad_scaler = torch.amp.GradScaler('cpu')
+    fresh.resume_training(state)
+    assert fresh.grad_scaler.get_scale() == 2.0 ** 12
+
+
 def test_fp16_on_cpu_is_a_config_error(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match='amp: fp16 needs a GPU .*use amp: bf16'):
         _model(tiny_data, tmp_path, amp='fp16')
