@@ -145,7 +145,6 @@ def main(argv=None):
     parser.add_argument('--size', type=int, default=256, help='input height/width (default 256)')
     parser.add_argument('--no-macs', action='store_true', help='parameters only (fast)')
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     presets = collect_presets()
     if args.only:
         presets = [(m, p) for m, p in presets if args.only.lower() in p['label'].lower()]

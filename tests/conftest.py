@@ -76,3 +76,26 @@ def train_module(opt_path, cwd, *extra, **kw):
     """``python -m hinet_plugins.train -opt ...`` in ``cwd`` (experiments/ lands there)."""
     return run_cli([PY, '-m', 'hinet_plugins.train', '-opt', opt_path, *extra], cwd,
                    env_extra={'PYTHONPATH': REPO}, **kw)
+
+
+def load_option_file(kind, name):
+    """A shipped option file, ``options/<kind>/<name>.yml``, as a dict."""
+    with open(os.path.join(REPO, 'options', kind, f'{name}.yml')) as f:
+        return yaml.safe_load(f)
+
+
+def on_tiny_data(opt, data, total_iter=2, gt_size=48, network=None):
+    """A shipped training option file shrunk for a test: its datasets swapped for the tiny ones (same keys
+    otherwise), CPU, no workers, ``total_iter`` iterations, validation and a checkpoint at the end."""
+    tiny = base_options(data)
+    for split in ('train', 'val'):
+        for key in ('dataroot_gt', 'dataroot_lq', 'io_backend'):
+            opt['datasets'][split][key] = tiny['datasets'][split][key]
+    opt['datasets']['train'].update(gt_size=gt_size, batch_size_per_gpu=2, num_worker_per_gpu=0)
+    opt['network_g'].update(network or {})
+    opt['num_gpu'] = 0
+    opt['train']['total_iter'] = total_iter
+    opt['train']['scheduler']['T_max'] = total_iter
+    opt['val']['val_freq'] = total_iter
+    opt['logger'].update(print_freq=1, save_checkpoint_freq=total_iter, use_tb_logger=False)
+    return opt

@@ -3,6 +3,7 @@ import importlib.util
 import os
 
 import pytest
+import torch
 from torch import nn
 
 from conftest import REPO
@@ -18,6 +19,7 @@ def _row(table, label):
 
 def test_hinet_half_width_params_and_macs(capsys):
     table = complexity.main(['--only', 'HINet 0.5x', '--markdown'])
+    assert torch.is_grad_enabled()  # the script must not switch autograd off for the rest of the process
     row = _row(table, 'HINet 0.5x')
     # columns: label, params (M), ref params, Δ params, MACs mmengine, MACs thop conv., paper MACs, Δ, Δ, note
     assert row[1] == '22.177' and row[3] == '+0.00%'

@@ -10,7 +10,7 @@ from basicsr.losses import build_loss
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import REPO, base_options, train_module, write_options
+from conftest import REPO, base_options, load_option_file, on_tiny_data, train_module, write_options
 from hinet_plugins.archs.drcnet_arch import (DFR, DFR_VARIANTS, RELEASE_DFR, EnergyAttention, MaskedRegionNorm,
                                              RegionNorm)
 from hinet_plugins.errors import ConfigError
@@ -362,20 +362,8 @@ def test_shipped_drcnet_option_files_have_the_paper_settings(name):
 
 @pytest.mark.slow
 def test_drcnet_trains_with_intra_cr_from_the_shipped_option_file(tiny_data, tmp_path, vgg_file):
-    with open(os.path.join(REPO, 'options', 'train', 'DRCNet-SIDD.yml')) as f:
-        opt = yaml.safe_load(f)
-    tiny = base_options(tiny_data)
-    for split in ('train', 'val'):
-        for key in ('dataroot_gt', 'dataroot_lq', 'io_backend'):
-            opt['datasets'][split][key] = tiny['datasets'][split][key]
-    opt['datasets']['train'].update(gt_size=32, batch_size_per_gpu=2, num_worker_per_gpu=0)
-    opt['network_g']['wf'] = 8
-    opt['num_gpu'] = 0
-    opt['train'].update(total_iter=2)
-    opt['train']['scheduler']['T_max'] = 2
+    opt = on_tiny_data(load_option_file('train', 'DRCNet-SIDD'), tiny_data, 2, gt_size=32, network={'wf': 8})
     opt['train']['pixel_opt']['vgg_weights'] = vgg_file[0]
-    opt['val'].update(val_freq=2)
-    opt['logger'].update(print_freq=1, use_tb_logger=False, save_checkpoint_freq=2)
     proc = train_module(write_options(opt, tmp_path / 'o.yml'), tmp_path)
     assert 'l_intracr' in proc.stdout and '# psnr' in proc.stdout
     ckpt = tmp_path / 'experiments' / 'DRCNet-SIDD' / 'models' / 'net_g_latest.pth'

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import glob
 import io
+import logging
 import os
 import shutil
 import signal
@@ -30,6 +31,11 @@ def run_launcher(root, opt_path, *flags, mode='train', monkeypatch):
     monkeypatch.setattr(sys, 'argv', [f'basicsr/{mode}.py', '-opt', str(opt_path), *flags])
     err = io.StringIO()
     code = 0
+    # basicsr's logger is a process-wide singleton: its console handler may still hold the stream of an earlier
+    # test (closed by now); point it at this test's stderr for the duration of the call
+    for handler in logging.getLogger('basicsr').handlers:
+        if type(handler) is logging.StreamHandler:
+            monkeypatch.setattr(handler, 'stream', err)
     with contextlib.redirect_stderr(err):
         try:
             launch.run(mode, str(root))
@@ -324,3 +330,7 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert open(path, 'rb').read() == before  # the checkpoint path still holds the previous, complete file
     assert torch.equal(torch.load(path, weights_only=True)['params']['w'], torch.zeros(3))
+    # the killed writer's temporary file is removed by the next save of the same checkpoint
+    atomic_torch_save({'params': {'w': torch.ones(2)}}, path)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
+    assert torch.equal(torch.load(path, weights_only=True)['params']['w'], torch.ones(2))

@@ -13,7 +13,7 @@ from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
 from torch import nn
 
-from conftest import PY, REPO, base_options, run_cli, write_options
+from conftest import PY, REPO, on_tiny_data, run_cli, write_options
 from hinet_plugins import tlc
 from hinet_plugins.archs.blocks import CAB, conv
 from hinet_plugins.archs.mprnet_arch import MPRNet, SkipUpSample, cab_stack
@@ -297,17 +297,8 @@ def test_stage_ratio_loss_reaches_its_optimum_where_the_literal_form_collapses()
 
 
 def tiny_options(opt, data, total_iter):
-    tiny = base_options(data)
-    for split in ('train', 'val'):
-        for key in ('dataroot_gt', 'dataroot_lq', 'io_backend'):
-            opt['datasets'][split][key] = tiny['datasets'][split][key]
-    opt['datasets']['train'].update(gt_size=32, batch_size_per_gpu=2, num_worker_per_gpu=0)
-    opt['network_g'].update(TINY)
-    opt['num_gpu'] = 0
-    opt['train'].update(total_iter=total_iter, warmup_iter=2)
-    opt['train']['scheduler']['T_max'] = total_iter
-    opt['val']['val_freq'] = total_iter
-    opt['logger'].update(print_freq=1, save_checkpoint_freq=total_iter, use_tb_logger=False)
+    opt = on_tiny_data(opt, data, total_iter, gt_size=32, network=TINY)
+    opt['train']['warmup_iter'] = 2
     return opt
 
 

@@ -5,7 +5,6 @@ import math
 import os
 import pkgutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
-from conftest import PY, REPO, base_options, train_module, write_options
+from conftest import PY, REPO, base_options, on_tiny_data, train_module, write_options
 
 
 def nparams(net):
@@ -225,7 +224,6 @@ def test_model_list_of_losses_and_cosine_schedule():
 
 def test_model_grad_clip_defaults_follow_the_release():
     assert _model().use_grad_clip is False
-    from basicsr.models import build_model  # noqa: F401
     m = _model({'use_grad_clip': True, 'grad_clip_norm': 0.5})
     assert m.use_grad_clip and m.grad_clip_norm == 0.5
     from hinet_plugins.models.restoration_model import ImageRestorationModel
@@ -322,16 +320,8 @@ def test_shipped_hinet_option_files_train(tiny_data, tmp_path, name):
     assert opt['train']['scheduler'] == {'type': 'TrueCosineAnnealingLR', 'T_max': 400000, 'eta_min': 1e-7}
     assert opt['datasets']['train']['gt_size'] == 256 and opt['network_g']['wf'] == 64
     assert opt['datasets']['train']['batch_size_per_gpu'] * 8 == 64
-    tiny = base_options(tiny_data)
-    for split in ('train', 'val'):
-        for key in ('dataroot_gt', 'dataroot_lq', 'io_backend'):
-            opt['datasets'][split][key] = tiny['datasets'][split][key]
-    opt['datasets']['train'].update(gt_size=48, batch_size_per_gpu=2, num_worker_per_gpu=0)
-    opt['network_g']['wf'] = 8
-    opt['num_gpu'] = 0
-    opt['train'].update(total_iter=2)
-    opt['val'].update(val_freq=2, crop_size=64)
-    opt['logger'].update(print_freq=1, use_tb_logger=False)
+    opt = on_tiny_data(opt, tiny_data, 2, gt_size=48, network={'wf': 8})
+    opt['val']['crop_size'] = 64
     train_module(write_options(opt, tmp_path / 'o.yml'), tmp_path)
     assert (tmp_path / 'experiments' / f'HINet-{name}' / 'models' / 'net_g_latest.pth').is_file()
     with open(os.path.join(REPO, 'options', 'test', f'HINet-{name}.yml')) as f:

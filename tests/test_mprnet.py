@@ -11,7 +11,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from scipy.ndimage import correlate
 
-from conftest import PY, REPO, base_options, run_cli, write_options
+from conftest import PY, REPO, base_options, on_tiny_data, run_cli, write_options
 from hinet_plugins.errors import ConfigError
 
 PRESETS = {'GoPro': (96, 48, 32, 20_127_073), 'SIDD': (80, 48, 32, 15_741_025), 'Rain13k': (40, 20, 16, 3_637_249)}
@@ -200,18 +200,7 @@ def test_model_loss_from_option_file_equals_hand_computation(task):
 
 # ----------------------------------------------------------------------------- option files
 def tiny_options(opt, data, total_iter=2):
-    tiny = base_options(data)
-    for split in ('train', 'val'):
-        for key in ('dataroot_gt', 'dataroot_lq', 'io_backend'):
-            opt['datasets'][split][key] = tiny['datasets'][split][key]
-    opt['datasets']['train'].update(gt_size=48, batch_size_per_gpu=2, num_worker_per_gpu=0)
-    opt['network_g'].update(TINY)
-    opt['num_gpu'] = 0
-    opt['train'].update(total_iter=total_iter)
-    opt['train']['scheduler']['T_max'] = total_iter
-    opt['val']['val_freq'] = total_iter
-    opt['logger'].update(print_freq=1, save_checkpoint_freq=total_iter, use_tb_logger=False)
-    return opt
+    return on_tiny_data(opt, data, total_iter, gt_size=48, network=TINY)
 
 
 @pytest.mark.slow

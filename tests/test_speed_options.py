@@ -182,9 +182,14 @@ def test_val_amp_overrides_and_outputs_are_float(tiny_data, tmp_path):
     assert model.output.dtype == torch.float32 and model.output.shape == (1, 3, 24, 40)
 
 
-def test_grad_checkpoint_same_grads_fewer_saved_activations():
+SMALL_MPR = {'n_feat': 16, 'scale_unetfeats': 8, 'scale_orsnetfeats': 8, 'num_cab': 2}
+
+
+@pytest.mark.parametrize('net_opt', [dict(NET, wf=8), dict(SMALL_MPR, type='MPRNet'), dict(SMALL_MPR, type='FCN')],
+                         ids=['HINet', 'MPRNet', 'FCN'])
+def test_grad_checkpoint_same_grads_fewer_saved_activations(net_opt):
     torch.manual_seed(0)
-    net = build_network(dict(NET, wf=8))
+    net = build_network(net_opt)
     x = torch.rand(2, 3, 32, 32)
 
     def run():

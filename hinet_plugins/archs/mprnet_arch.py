@@ -47,7 +47,7 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from .blocks import CAB, SAM, conv, crop_outputs, pad_to_multiple
+from .blocks import CAB, SAM, checkpoint_call, conv, crop_outputs, pad_to_multiple
 
 
 def cab_stack(n, n_feat, kernel_size, reduction, bias, act):
@@ -183,6 +183,7 @@ class MPRNet(nn.Module):
     """See the module docstring. ``forward(x) -> [stage-1 image, stage-2 image, final image]``."""
 
     pad_multiple = 8
+    grad_checkpoint = False  # train.grad_checkpoint: each stage method below is checkpointed (blocks.checkpoint_call)
 
     def __init__(self, in_c=3, out_c=3, n_feat=96, scale_unetfeats=48, scale_orsnetfeats=32, num_cab=8,
                  kernel_size=3, reduction=4, bias=False):
@@ -245,10 +246,10 @@ class MPRNet(nn.Module):
         image, size = pad_to_multiple(x, self.pad_multiple)
         h = image.shape[2] // 2
         halves = [image[:, :, :h], image[:, :, h:]]
-        encs1 = self.stage1_encode(halves)
-        img1, sam_feats, decs1 = self.stage1_decode(halves, encs1)
-        img2, sam_feat, enc2, dec2 = self.stage2(image, halves, sam_feats, encs1, decs1)
-        img3 = self.stage3(image, sam_feat, enc2, dec2)
+        encs1 = checkpoint_call(self, self.stage1_encode, halves)
+        img1, sam_feats, decs1 = checkpoint_call(self, self.stage1_decode, halves, encs1)
+        img2, sam_feat, enc2, dec2 = checkpoint_call(self, self.stage2, image, halves, sam_feats, encs1, decs1)
+        img3 = checkpoint_call(self, self.stage3, image, sam_feat, enc2, dec2)
         return crop_outputs([img1, img2, img3], size)
 
 

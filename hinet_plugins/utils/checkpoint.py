@@ -15,13 +15,18 @@ def atomic_torch_save(obj, path):
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
 
     A crash, kill or full disk during the write leaves the previous file at ``path`` untouched; the error is
-    raised (not swallowed as upstream does), so a failed save is never mistaken for a good one.
+    raised (not swallowed as upstream does), so a failed save is never mistaken for a good one. A temporary file
+    left by a process killed mid-write is removed by the next save of the same path.
     """
     folder = os.path.dirname(os.path.abspath(path))
+    prefix = '.' + os.path.basename(path) + '.'
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+        for stale in os.listdir(folder):  # left by a process killed while writing this same file
+            if stale.startswith(prefix) and stale.endswith('.tmp'):
+                os.remove(os.path.join(folder, stale))
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix='.tmp', dir=folder)
         with os.fdopen(fd, 'wb') as f:
             torch.save(obj, f)
             f.flush()
