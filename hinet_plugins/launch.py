@@ -23,10 +23,14 @@ def _option_path(argv):
     return None
 
 
+_parsed = {}  # the options of the current run, as basicsr parsed them (for the curves written after training)
+
+
 def _checked_parse_options(upstream):
     def parse_options(root_path, is_train=True):
         opt, args = upstream(root_path, is_train)
         check_options(opt, args.opt)
+        _parsed['opt'] = opt
         return opt, args
     parse_options.upstream = upstream
     return parse_options
@@ -38,9 +42,9 @@ def _install_option_checks():
             module.parse_options = _checked_parse_options(module.parse_options)
 
 
-def _write_curves(opt_path):
+def _write_curves():
     from hinet_plugins.utils.curves import find_train_log, plot_training_curves
-    exp_dir = getattr(_write_curves, 'experiments_root', None)
+    exp_dir = _parsed.get('opt', {}).get('path', {}).get('experiments_root')
     if not exp_dir or not os.path.isdir(exp_dir):
         return
     try:
@@ -48,13 +52,6 @@ def _write_curves(opt_path):
         print(f'Training curves: {png}', flush=True)
     except Exception as err:  # noqa: BLE001  (a plot must never fail a finished training)
         print(f'(training curves not written: {err})', flush=True)
-
-
-def _remember_experiment_root(upstream_make_exp_dirs):
-    def make_exp_dirs(opt):
-        _write_curves.experiments_root = opt['path'].get('experiments_root')
-        return upstream_make_exp_dirs(opt)
-    return make_exp_dirs
 
 
 def run(mode, root_path):
@@ -65,12 +62,9 @@ def run(mode, root_path):
             check_num_gpu(load_yaml(opt_path), opt_path)
         _install_option_checks()
         if mode == 'train':
-            if not hasattr(_bsr_train.make_exp_dirs, '__wrapped_by_hinet__'):
-                _bsr_train.make_exp_dirs = _remember_experiment_root(_bsr_train.make_exp_dirs)
-                _bsr_train.make_exp_dirs.__wrapped_by_hinet__ = True
             _bsr_train.train_pipeline(root_path)
             if int(os.environ.get('RANK', '0')) == 0:
-                _write_curves(opt_path)
+                _write_curves()
         else:
             _bsr_test.test_pipeline(root_path)
     except (ConfigError, TrainingDivergedError, CheckpointWriteError) as err:

@@ -30,7 +30,7 @@ import os
 from collections import OrderedDict
 
 import torch
-from basicsr.archs import build_network  # noqa: F401  (kept visible: the net is built by SRModel)
+from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.models import lr_scheduler as bsr_lr_scheduler
 from basicsr.models.sr_model import SRModel
