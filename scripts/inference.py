@@ -105,7 +105,8 @@ def load_model(args, device):
         net.load_state_dict(state, strict=strict)
     except RuntimeError:
         raise ConfigError(f"checkpoint '{ckpt}' does not fit {net_opt['type']} {net_opt}: "
-                          f'{describe_state_dict_mismatch(net.state_dict(), loaded, param_key)}') from None
+                          + describe_state_dict_mismatch(net.state_dict(), loaded, param_key, ignored_prefixes=getattr(
+                              net, 'ignored_checkpoint_prefixes', ()))) from None
     net.eval().to(device)
     desc = f"{net_opt['type']} from '{ckpt}'"
     if tlc:
