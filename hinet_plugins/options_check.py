@@ -96,19 +96,21 @@ def _read_meta_info(lmdb_path):
     return shapes
 
 
+def image_header(path):
+    """(h, w, channels) from the file header without decoding the pixels (fast even for large folders);
+    ConfigError naming the file when it cannot be read."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            return h, w, _pil_channels(im)
+    except Exception as err:  # noqa: BLE001  (any decoder error means the same to the user)
+        raise ConfigError(f"image '{path}' cannot be read: {err}") from None
+
+
 def _folder_shapes(folder):
-    from PIL import Image  # header-only reads: fast even for large folders
-    shapes = {}
-    for name in sorted(os.listdir(folder)):
-        if name.lower().endswith(IMG_EXTS):
-            try:
-                with Image.open(os.path.join(folder, name)) as im:
-                    w, h = im.size
-                    channels = _pil_channels(im)
-            except Exception as err:  # noqa: BLE001  (any decoder error means the same to the user)
-                raise ConfigError(f"image '{os.path.join(folder, name)}' cannot be read: {err}") from None
-            shapes[os.path.splitext(name)[0]] = (h, w, channels)
-    return shapes
+    return {os.path.splitext(name)[0]: image_header(os.path.join(folder, name))
+            for name in sorted(os.listdir(folder)) if name.lower().endswith(IMG_EXTS)}
 
 
 def _pil_channels(im):

@@ -53,8 +53,9 @@ from basicsr.utils import scandir
 from basicsr.utils.lmdb_util import LmdbMaker
 
 from ..errors import ConfigError
+from ..options_check import IMG_EXTS, image_header
+from ..utils.tiling import tile_origins
 
-IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 INFO_FILE = 'prepare_info.json'
 MAX_LISTED = 12  # problems listed in one error message
 RAIN13K_TEST_SETS = ('Test100', 'Rain100H', 'Rain100L', 'Test2800', 'Test1200')
@@ -63,25 +64,6 @@ RAIN13K_TEST_SETS = ('Test100', 'Rain100H', 'Rain100L', 'Test2800', 'Test1200')
 def lmdb_key(name):
     """An LMDB key from a file stem or composed name: ASCII letters, digits, '_' and '-' only (no '.')."""
     return re.sub(r'[^A-Za-z0-9_-]', '_', name)
-
-
-def crop_origins(length, size, step):
-    """Crop starts every ``step`` pixels plus one flush with the far border (no pixel left out)."""
-    starts = list(range(0, length - size + 1, step))
-    if starts[-1] + size < length:
-        starts.append(length - size)
-    return starts
-
-
-def image_header(path):
-    """(h, w) from the file header without decoding the pixels; raises ConfigError when unreadable."""
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception as err:  # noqa: BLE001  (any decoder error means the same to the user)
-        raise ConfigError(f"image '{path}' cannot be read: {err}") from None
-    return h, w
 
 
 def list_images(folder, recursive=False):
@@ -172,7 +154,7 @@ def check_pairs(job, problems):
         for src in (p.gt, p.lq):
             if isinstance(src, str):
                 try:
-                    sizes.append(image_header(src))
+                    sizes.append(image_header(src)[:2])
                 except ConfigError as err:
                     problems.add(str(err))
             else:
@@ -212,8 +194,8 @@ def _records(job):
             continue
         size, step = job.crop
         index = 0
-        for y in crop_origins(gt.shape[0], size, step):
-            for x in crop_origins(gt.shape[1], size, step):
+        for y in tile_origins(gt.shape[0], size, step):
+            for x in tile_origins(gt.shape[1], size, step):
                 index += 1
                 yield f'{p.key}_s{index:03d}', gt[y:y + size, x:x + size], lq[y:y + size, x:x + size]
 
@@ -222,7 +204,7 @@ def count_records(job):
     if not job.crop:
         return len(job.pairs)
     size, step = job.crop
-    return sum(len(crop_origins(h, size, step)) * len(crop_origins(w, size, step)) for h, w in job.shapes.values())
+    return sum(len(tile_origins(h, size, step)) * len(tile_origins(w, size, step)) for h, w in job.shapes.values())
 
 
 def _read_info(lmdb_path):

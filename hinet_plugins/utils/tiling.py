@@ -4,8 +4,8 @@ import math
 import torch
 
 
-def _starts(length, tile, stride):
-    """Tile origins covering [0, length) with the last tile flush with the border."""
+def tile_origins(length, tile, stride):
+    """Tile (or crop) origins every ``stride`` pixels covering [0, length), the last one flush with the border."""
     if length <= tile:
         return [0]
     n = math.ceil((length - tile) / stride) + 1
@@ -37,7 +37,7 @@ def tiled_forward(fn, img, tile, overlap=32, batch=8, blend=True):
     n, c, h, w = img.shape
     th, tw = min(tile, h), min(tile, w)
     stride_h, stride_w = max(th - overlap, 1), max(tw - overlap, 1)
-    boxes = [(y, x) for y in _starts(h, th, stride_h) for x in _starts(w, tw, stride_w)]
+    boxes = [(y, x) for y in tile_origins(h, th, stride_h) for x in tile_origins(w, tw, stride_w)]
     out = None
     weight = torch.zeros(1, 1, h, w, device=img.device, dtype=torch.float32)
     win = (_blend_window(th, tw, overlap, img.device, torch.float32) if blend
