@@ -99,3 +99,19 @@ def on_tiny_data(opt, data, total_iter=2, gt_size=48, network=None):
     opt['val']['val_freq'] = total_iter
     opt['logger'].update(print_freq=1, save_checkpoint_freq=total_iter, use_tb_logger=False)
     return opt
+
+
+def assert_stage_order(make_net, residual_convs, size=(32, 40)):
+    """Zeroing the weight of stage s's residual conv (``residual_convs[s]``) makes output s, and only it, equal the
+    input: the network returns its stage outputs in stage order, final last."""
+    import torch
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, *size)
+    for i, module in enumerate(residual_convs):
+        net = make_net().eval()
+        torch.nn.init.zeros_(net.get_submodule(module).weight)
+        with torch.no_grad():
+            outs = net(x)
+        assert len(outs) == len(residual_convs)
+        for j, out in enumerate(outs):
+            assert torch.equal(out, x) == (i == j), (module, j)
