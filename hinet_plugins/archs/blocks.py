@@ -204,3 +204,29 @@ class UNetUpBlock(nn.Module):
         if self.use_skip:
             up = torch.cat([up, bridge], 1)
         return self.conv_block(up)
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of each pixel of an (N, C, H, W) map (biased variance), as NAFNet's
+    ``LayerNorm2d`` (eps 1e-6) and Restormer's ``WithBias_LayerNorm`` (eps 1e-5) compute it.
+
+    The mean-subtracting form runs torch's fused ``F.layer_norm`` on a channels-last view (same values as the
+    releases' hand-written versions, without their custom autograd function). ``bias_free=True`` is Restormer's
+    ``BiasFree_LayerNorm``: ``x / sqrt(var + eps) * weight`` where the variance is centred but the mean is **not**
+    subtracted from ``x``, and there is no bias; torch has no fused op for that, so it is written out.
+    Per pixel, so it is not a global operation (TLC leaves it alone).
+    """
+
+    def __init__(self, num_channels, eps=1e-6, bias_free=False):
+        super().__init__()
+        self.eps = eps
+        self.bias_free = bias_free
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = None if bias_free else nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x):
+        if self.bias_free:
+            var = x.var(dim=1, keepdim=True, unbiased=False)
+            return x * torch.rsqrt(var + self.eps) * self.weight[:, None, None]
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
