@@ -11,26 +11,21 @@ Patches:
    ``rgb_to_grayscale``. Drop when basicsr > 1.4.2 is on the index with the fixed import.
 2. ``basicsr.train.load_resume_state`` maps the resume state to ``torch.cuda.current_device()``, which fails on a
    CPU-only machine. Ours maps to CPU when ``num_gpu == 0`` or no CUDA is present, and picks the newest state by
-   iteration. Drop when upstream maps with ``map_location`` from the options.
+   iteration; a file that is not a training state is a one-line ConfigError naming it (upstream: an unpickling
+   traceback). Drop when upstream maps with ``map_location`` from the options.
 3. ``basicsr.utils.dist_util.init_dist`` always uses nccl and ``torch.cuda.set_device(rank % device_count())``
    (ZeroDivisionError without a GPU); ``options.py`` holds its own reference, so both names are replaced.
    Ours: nccl when CUDA is present, gloo otherwise (``BASICSR_DIST_BACKEND`` overrides), ``LOCAL_RANK`` for the
    device, and the ``spawn`` start method only on CUDA (on CPU it makes every DataLoader worker re-import torch).
-4. ``BaseModel.model_to_device`` passes CUDA ``device_ids`` to DistributedDataParallel even for a CPU model.
-   Ours omits them on CPU.
-5. ``--force_yml key=value`` (``options.py:58-79`` ``_postprocess_yml_value``) leaves negative numbers and
+4. ``--force_yml key=value`` (``options.py:58-79`` ``_postprocess_yml_value``) leaves negative numbers and
    scientific notation as strings (``train:warmup_iter=-1`` -> ``'-1'`` -> TypeError later). Ours parses the value
    as a YAML scalar when upstream would return a string. Drop when upstream parses numbers fully.
-6. ``distutils`` is gone from the standard library on Python >= 3.12 but ``basicsr/archs/arch_util.py:6``
+5. ``distutils`` is gone from the standard library on Python >= 3.12 but ``basicsr/archs/arch_util.py:6``
    imports ``distutils.version.LooseVersion``: we provide it from setuptools' copy or a tiny stand-in.
-7. On resume, ``train_pipeline`` restarts the interrupted epoch from its first batch (the samples already trained
-   in that epoch are seen twice, and after several resumes the run can even end before ``total_iter``), and the
-   seeds are re-applied, so the data after a resume differ from an uninterrupted run. Ours skips the batches
-   already trained in the interrupted epoch (the sampler's order is a function of the epoch) and, when the state
-   holds them (``MultiStageRestorationModel`` saves them), restores each rank's python/numpy/torch random states
-   at that point. With ``num_worker_per_gpu: 0`` the resumed losses then equal the uninterrupted run's; with
-   workers the sample order is the same but the workers' augmentation draws restart (they are reseeded every
-   epoch by basicsr's ``worker_init_fn``). Drop when upstream resumes mid-epoch.
+
+Not here (they are features or launcher behaviour of this package, not adaptations): the exact mid-epoch resume
+(``hinet_plugins/resume.py``), the launcher hooks (``hinet_plugins/launch.py``: option checks, ``--local-rank``)
+and the CPU-safe DDP wrapping (``MultiStageRestorationModel.model_to_device``).
 """
 import os
 import sys
@@ -39,7 +34,7 @@ import warnings
 
 import torch
 
-from .utils.checkpoint import set_rng_states
+from .errors import ConfigError
 
 
 def _alias_functional_tensor():
@@ -89,9 +84,6 @@ import basicsr.test as _bsr_test  # noqa: E402
 import basicsr.train as _bsr_train  # noqa: E402
 import basicsr.utils.dist_util as _bsr_dist  # noqa: E402
 import basicsr.utils.options as _bsr_options  # noqa: E402
-from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
-from basicsr.models.base_model import BaseModel  # noqa: E402
-from torch.nn.parallel import DataParallel, DistributedDataParallel  # noqa: E402
 
 
 def cuda_present():
@@ -103,71 +95,57 @@ def dist_backend():
     return os.environ.get('BASICSR_DIST_BACKEND') or ('nccl' if cuda_present() else 'gloo')
 
 
-def load_resume_state(opt):
-    """Upstream's lookup (``experiments/<name>/training_states`` relative to the working directory), CPU-safe."""
-    path = None
-    if opt['auto_resume']:
+def resume_state_path(opt):
+    """The state file a run resumes from, as upstream finds it: with ``--auto_resume`` the newest
+    ``experiments/<name>/training_states/<iter>.state`` relative to the working directory, else
+    ``path.resume_state``; None when there is none."""
+    if opt.get('auto_resume'):
         state_dir = os.path.join('experiments', opt['name'], 'training_states')
         if os.path.isdir(state_dir):
             iters = [int(f[:-len('.state')]) for f in os.listdir(state_dir)
                      if f.endswith('.state') and f[:-len('.state')].isdigit()]
             if iters:
-                path = os.path.join(state_dir, f'{max(iters)}.state')
-                opt['path']['resume_state'] = path
-    else:
-        path = opt['path'].get('resume_state')
+                return os.path.join(state_dir, f'{max(iters)}.state')
+        return None
+    return (opt.get('path') or {}).get('resume_state') or None
+
+
+def load_resume_state(opt):
+    """Upstream's ``load_resume_state`` (same lookup, ``resume_state_path``), CPU-safe."""
+    path = resume_state_path(opt)
     if not path:
         return None
+    if opt.get('auto_resume'):
+        opt['path']['resume_state'] = path
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"path.resume_state: no such file '{path}'")
+        raise ConfigError(f"path.resume_state: '{path}' does not exist")
     if opt.get('num_gpu', 0) and cuda_present():
         device_id = torch.cuda.current_device()
         location = lambda storage, loc: storage.cuda(device_id)  # noqa: E731
     else:
         location = 'cpu'
-    state = torch.load(path, map_location=location, weights_only=False)
+    state = read_training_state(path, location)
     _bsr_train.check_resume(opt, state['iter'])
-    _PENDING_RESUME['state'] = state  # read by create_train_val_dataloader (patch 7)
     return state
 
 
-_PENDING_RESUME = {}
-_upstream_create_loaders = _bsr_train.create_train_val_dataloader
+TRAINING_STATE_KEYS = ('epoch', 'iter', 'optimizers', 'schedulers')
 
 
-def create_train_val_dataloader(opt, logger):
-    """Upstream's loaders; after a resume, the train sampler continues the interrupted epoch (patch 7)."""
-    result = _upstream_create_loaders(opt, logger)
-    state = _PENDING_RESUME.pop('state', None)
-    loader, sampler = result[0], result[1]
-    if state is None or loader is None or not isinstance(sampler, EnlargedSampler):
-        return result
-    per_epoch = len(loader)
-    done = state['iter'] - state['epoch'] * per_epoch
-    rng = state.get('rng') or []
-    plan = {'epoch': state['epoch'], 'skip': 0, 'rng': rng[opt['rank']] if len(rng) == opt['world_size'] else None}
-    if 0 <= done <= per_epoch:
-        plan['skip'] = done * loader.batch_size
-        logger.info(f"Resume inside epoch {state['epoch']}: skipping its {done} batch(es) already trained"
-                    + ('' if plan['rng'] else ' (the state holds no random states: augmentations will differ)'))
-    else:
-        logger.warning(f"Resume: iteration {state['iter']} is not inside epoch {state['epoch']} at {per_epoch} "
-                       'batches per epoch (batch size or dataset changed?); that epoch restarts from its start')
-    sampler.resume_plan = plan
-    return result
-
-
-_upstream_sampler_iter = EnlargedSampler.__iter__
-
-
-def _sampler_iter(self):
-    plan = self.__dict__.pop('resume_plan', None)
-    indices = _upstream_sampler_iter(self)
-    if plan is None or plan['epoch'] != self.epoch:
-        return indices
-    if plan['rng'] is not None:  # here, after the DataLoader iterator drew its base seed, as in the original run
-        set_rng_states(plan['rng'])
-    return iter(list(indices)[plan['skip']:])
+def read_training_state(path, map_location='cpu'):
+    """A basicsr training state (``experiments/<name>/training_states/<iter>.state``), or ConfigError naming the
+    file when it is not one (not a pickle, truncated, another kind of file)."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001  (unpickling raises many types; all mean "not a state file")
+        raise ConfigError(f"path.resume_state: '{path}' is not a training state ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
+    missing = [k for k in TRAINING_STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        found = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
+        raise ConfigError(f"path.resume_state: '{path}' is not a training state (no {missing}; it holds {found}); "
+                          'training states are the .state files under experiments/<name>/training_states')
+    return state
 
 
 _upstream_init_dist = _bsr_dist.init_dist
@@ -184,17 +162,6 @@ def init_dist(launcher, backend=None, **kwargs):
         local_rank = int(os.environ.get('LOCAL_RANK', os.environ.get('RANK', 0)))
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     dist.init_process_group(backend=backend or dist_backend(), **kwargs)
-
-
-def model_to_device(self, net):
-    net = net.to(self.device)
-    if self.opt['dist']:
-        device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
-        net = DistributedDataParallel(
-            net, device_ids=device_ids, find_unused_parameters=self.opt.get('find_unused_parameters', False))
-    elif self.opt['num_gpu'] > 1:
-        net = DataParallel(net)
-    return net
 
 
 _upstream_yml_value = _bsr_options._postprocess_yml_value
@@ -220,11 +187,8 @@ def postprocess_yml_value(value):
 if not getattr(basicsr, '_hinet_plugins_patched', False):
     _bsr_options._postprocess_yml_value = postprocess_yml_value
     _bsr_train.load_resume_state = load_resume_state  # looked up as a module global by train_pipeline
-    _bsr_train.create_train_val_dataloader = create_train_val_dataloader  # likewise
-    EnlargedSampler.__iter__ = _sampler_iter
     _bsr_dist.init_dist = _bsr_options.init_dist = init_dist
-    BaseModel.model_to_device = model_to_device
     basicsr._hinet_plugins_patched = True
 
-__all__ = ['cuda_present', 'dist_backend', 'load_resume_state', 'init_dist', 'model_to_device',
+__all__ = ['cuda_present', 'dist_backend', 'load_resume_state', 'resume_state_path', 'init_dist', 'read_training_state',
            '_bsr_train', '_bsr_test', '_bsr_options']

@@ -11,10 +11,11 @@ import warnings
 
 import torch
 import yaml
-from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from .errors import ConfigError
 
+PADDING_DATASETS = ('PairedImageDataset_SIDD',)  # reflect-pad training pairs smaller than gt_size
 IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
@@ -74,6 +75,8 @@ def check_types(opt, path):
                     own_check = getattr(LOSS_REGISTRY.get(spec['type']), 'check_options', None)
                     if own_check is not None:  # a loss may check its own options (e.g. a local weights file)
                         own_check(spec, f'{path}: {where[:-len(".type")]}')
+    for phase, ds in (opt.get('datasets') or {}).items():
+        _check_registered(DATASET_REGISTRY, 'dataset', (ds or {}).get('type'), f'datasets.{phase}.type', path)
     for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
         _check_registered(METRIC_REGISTRY, 'metric', (metric or {}).get('type'), f'val.metrics.{name}.type', path)
 
@@ -187,7 +190,8 @@ def check_dataset(name, ds, path, scale=1):
                               + (f' (scale {scale})' if scale != 1 else '') + '; pairs must have the same size')
     _check_channels(where, gt, lq)
     gt_size = ds.get('gt_size')
-    if ds.get('phase', name.split('_')[0]) == 'train' and gt_size:
+    pads_small_images = ds.get('type') in PADDING_DATASETS
+    if ds.get('phase', name.split('_')[0]) == 'train' and gt_size and not pads_small_images:
         small = [k for k, s in gt.items() if s[0] < gt_size or s[1] < gt_size]
         if small:
             raise ConfigError(f"{where}.gt_size is {gt_size} but {len(small)} GT image(s) are smaller, e.g. "
@@ -210,9 +214,9 @@ def check_options(opt, path):
     normalize_release_options(opt)
     check_types(opt, path)
     model_cls = MODEL_REGISTRY.get(opt.get('model_type', 'SRModel'))
-    if hasattr(model_cls, 'tlc_options'):  # val.tlc is checked now, not at the first validation
+    if hasattr(model_cls, 'check_options'):  # the model's own options (val.tlc, schedules, ...) checked now
         try:
-            model_cls.tlc_options(opt)
+            model_cls.check_options(opt)
         except ConfigError as err:
             raise ConfigError(f'{path}: {err}') from None
     for name, ds in (opt.get('datasets') or {}).items():

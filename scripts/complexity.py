@@ -26,11 +26,15 @@ from torch import nn
 
 import hinet_plugins  # noqa: F401  (compat + registration)
 from hinet_plugins import archs
+from hinet_plugins.archs.blocks import TransposedAttention
 
-FOOTNOTE = ('MACs: multiply-accumulates at 1x3x{size}x{size}, mmengine `get_model_complexity_info`. "thop conv." '
-            'charges every stride-s transposed conv s^2 times over (per output instead of per input pixel), the '
-            "counting behind the HINet paper's Table 4: mmengine gives HINet 157.64 G (1x) / 39.56 G (0.5x), "
-            'the thop convention 170.5 G / 42.8 G vs the paper\'s 170.71 G / 42.88 G. Δ = ours vs the reference.')
+FOOTNOTE = ('MACs: multiply-accumulates at 1x3x{size}x{size}, mmengine `get_model_complexity_info`. "paper conv." '
+            'is the counting behind the reference figure: by default thop\'s, which charges every stride-s '
+            "transposed conv s^2 times over (per output instead of per input pixel), as in the HINet paper's "
+            'Table 4 (mmengine gives HINet 157.64 G (1x) / 39.56 G (0.5x), the thop convention 170.5 G / 42.8 G vs '
+            "the paper's 170.71 G / 42.88 G); marked (ptflops) where the reference was counted with ptflops, which "
+            "leaves out matrix products: mmengine minus the transposed attention's q k^T and attn v products "
+            '(Restormer). Δ = ours vs the reference.')
 
 
 def quiet_mmengine():
@@ -74,18 +78,23 @@ def measure(net, size=256, macs=True):
     """{'params', 'macs', 'macs_thop'} for ``net`` on a 1x3xsize x size input (MACs None when ``macs`` is False)."""
     params = sum(p.numel() for p in net.parameters())
     if not macs:
-        return {'params': params, 'macs': None, 'macs_thop': None}
+        return {'params': params, 'macs': None, 'macs_thop': None, 'macs_ptflops': None}
     from mmengine.analysis import get_model_complexity_info
-    count = {'extra': 0, 'calls': 0}
+    count = {'extra': 0, 'calls': 0, 'products': 0}
 
     def on_transposed(mod, inp, out):
         count['extra'] += transposed_conv_extra(mod, inp, out)
+
+    def on_attention(mod, inp, out):  # q k^T and attn v: N * heads * C_h^2 * H*W multiply-adds each
+        q = inp[0]
+        count['products'] += 2 * q.numel() * q.shape[2]
 
     def on_model(*_):
         count['calls'] += 1
 
     hooks = [m.register_forward_hook(on_transposed) for m in net.modules()
              if isinstance(m, nn.modules.conv._ConvTransposeNd)]
+    hooks += [m.register_forward_hook(on_attention) for m in net.modules() if isinstance(m, TransposedAttention)]
     hooks.append(net.register_forward_hook(on_model))
     try:
         net.eval()
@@ -97,8 +106,9 @@ def measure(net, size=256, macs=True):
         for h in hooks:
             h.remove()
     assert info['params'] == params, (info['params'], params)
-    per_trace = count['extra'] / max(count['calls'], 1)  # mmengine traces once per analysis (FLOPs, activations)
-    return {'params': params, 'macs': info['flops'], 'macs_thop': info['flops'] + per_trace}
+    calls = max(count['calls'], 1)  # mmengine traces once per analysis (FLOPs, activations)
+    return {'params': params, 'macs': info['flops'], 'macs_thop': info['flops'] + count['extra'] / calls,
+            'macs_ptflops': info['flops'] - count['products'] / calls}
 
 
 def _rel(ours, ref):
@@ -109,8 +119,8 @@ def _fmt(value, scale, digits):
     return '–' if value is None else f'{value / scale:.{digits}f}'
 
 
-HEADER = ('Model', 'Params (M)', 'Ref. params (M)', 'Δ params', 'MACs mmengine (G)', 'MACs thop conv. (G)',
-          'Paper MACs (G)', 'Δ mmengine', 'Δ thop conv.', 'Reference')
+HEADER = ('Model', 'Params (M)', 'Ref. params (M)', 'Δ params', 'MACs mmengine (G)', 'MACs paper conv. (G)',
+          'Paper MACs (G)', 'Δ mmengine', 'Δ paper conv.', 'Reference')
 
 
 def rows_for(presets, size=256, macs=True, log=print):
@@ -119,10 +129,13 @@ def rows_for(presets, size=256, macs=True, log=print):
         start = time.time()
         r = measure(build(p['opt']), size=size, macs=macs)
         ref_p, ref_m = p.get('ref_params'), p.get('ref_macs_g')
+        counter = p.get('macs_ref_counter', 'thop')
+        paper = r[f'macs_{counter}']
         rows.append((p['label'], _fmt(r['params'], 1e6, 3), _fmt(ref_p, 1e6, 3), _rel(r['params'], ref_p),
-                     _fmt(r['macs'], 1e9, 2), _fmt(r['macs_thop'], 1e9, 2), '–' if not ref_m else f'{ref_m:.2f}',
-                     _rel(r['macs'] and r['macs'] / 1e9, ref_m), _rel(r['macs_thop'] and r['macs_thop'] / 1e9, ref_m),
-                     p.get('note', '')))
+                     _fmt(r['macs'], 1e9, 2), _fmt(paper, 1e9, 2) + ('' if counter == 'thop' or paper is None
+                                                                     else f' ({counter})'),
+                     '–' if not ref_m else f'{ref_m:.2f}', _rel(r['macs'] and r['macs'] / 1e9, ref_m),
+                     _rel(paper and paper / 1e9, ref_m), p.get('note', '')))
         log(f"  measured {p['label']} ({module_name}) in {time.time() - start:.1f} s", file=sys.stderr)
     return rows
 

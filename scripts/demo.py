@@ -1,12 +1,15 @@
-"""The main job: train HINet to denoise scikit-image's photographs through BasicSR, then report the gain.
+"""The main job: train HINet and NAFNet to denoise scikit-image's photographs through BasicSR, report the gain.
 
 1. Builds ``datasets/demo``: crops of the training photos and whole validation photos, degraded with Gaussian
    noise (sigma 25/255), written as LMDB with basicsr's writer (skipped when already built with these settings).
-2. Runs ``python basicsr/train.py -opt options/train/HINet-Demo.yml`` (BasicSR's own training loop, logger,
-   validation, checkpoints and TensorBoard) — progress is printed as it trains.
-3. Restores each full-resolution validation photo with the trained network, without and with TLC, and prints a
-   table of PSNR/SSIM (input vs restored) and the mean gain; writes ``demo_output/side_by_side.png`` (noisy |
-   restored | clean) and ``demo_output/training_curves.png``. Exits non-zero if the mean gain is below 2 dB.
+2. Runs ``python basicsr/train.py -opt options/train/HINet-Demo.yml``, then the same with ``NAFNet-Demo.yml``
+   (BasicSR's own training loop, logger, validation, checkpoints and TensorBoard) — progress is printed as it trains.
+3. Restores each full-resolution validation photo with each trained network, without and with TLC, and with what a
+   user would pick instead (OpenCV's non-local means tuned for sigma 25, BM3D with the known sigma:
+   ``hinet_plugins.data.demo_baselines``); prints a table of PSNR/SSIM per method, one of the networks' sizes and
+   training times, and whether the best network beats BM3D; writes ``demo_output/side_by_side.png`` (noisy | BM3D
+   | HINet | NAFNet | clean), ``demo_output/training_curves.png`` (HINet; ``training_curves_NAFNet.png``) and
+   ``results.json``. Exits non-zero if a network's mean gain over the noisy input is below 2 dB.
 
 ``--quick`` trains for a few iterations only (a smoke run, used by the tests; no gain is required then).
 """
@@ -16,25 +19,24 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 import yaml  # noqa: E402
 
 import hinet_plugins  # noqa: E402,F401
-from basicsr.archs import build_network  # noqa: E402
-from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
-from basicsr.utils import img2tensor, tensor2img  # noqa: E402
 
+from hinet_plugins import demo_report  # noqa: E402
+from hinet_plugins.data.demo_baselines import baseline_outputs  # noqa: E402
 from hinet_plugins.data.demo_data import make_demo_dataset  # noqa: E402
-from hinet_plugins.utils.checkpoint import unwrap_state_dict  # noqa: E402
+from hinet_plugins.restore import load_network, restore_image  # noqa: E402
 from hinet_plugins.utils.curves import find_train_log, plot_training_curves  # noqa: E402
 
-OPTIONS = 'options/train/HINet-Demo.yml'
+OPTIONS = ('options/train/HINet-Demo.yml', 'options/train/NAFNet-Demo.yml')
+QUICK_ITERS = 4
 DATA_SETTINGS = dict(patch=96, stride=64, max_side=384, sigma=25.0, val_max_side=384)
 
 
@@ -52,13 +54,17 @@ def build_data(root):
     print(f"[demo] {info['train_count']} training crops, {info['val_count']} validation photos", flush=True)
 
 
-def train(opt, quick):
-    cmd = [sys.executable, 'basicsr/train.py', '-opt', OPTIONS]
+def train(options, quick):
+    """Runs the literal launcher on one option file; returns its wall time in seconds."""
+    cmd = [sys.executable, 'basicsr/train.py', '-opt', options]
     if quick:
-        cmd += ['--force_yml', 'train:total_iter=4', 'val:val_freq=4', 'logger:print_freq=1',
-                'logger:save_checkpoint_freq=4', 'train:scheduler:T_max=4', 'train:warmup_iter=-1']
+        n = QUICK_ITERS
+        cmd += ['--force_yml', f'train:total_iter={n}', f'val:val_freq={n}', 'logger:print_freq=1',
+                f'logger:save_checkpoint_freq={n}', f'train:scheduler:T_max={n}', 'train:warmup_iter=-1']
     print('[demo] ' + ' '.join(cmd), flush=True)
+    start = time.monotonic()
     subprocess.run(cmd, cwd=ROOT, check=True)
+    return time.monotonic() - start
 
 
 def load_pairs(data_root):
@@ -70,60 +76,65 @@ def load_pairs(data_root):
 
 
 def restore(net, lq_bgr):
-    x = img2tensor(lq_bgr.astype(np.float32) / 255.0, bgr2rgb=True, float32=True).unsqueeze(0)
-    with torch.no_grad():
-        out = net(x)
-    return tensor2img(out[-1] if isinstance(out, (list, tuple)) else out)
+    return restore_image(net, lq_bgr, channel_order='bgr')
 
 
-def evaluate(opt, out_dir):
+def restore_all(opt, pairs):
+    """``{network: {photo: img}, network+TLC: {...}}`` for one trained network, and its parameter count."""
     exp = os.path.join(ROOT, 'experiments', opt['name'])
-    net = build_network(dict(opt['network_g'])).eval()
-    ckpt = torch.load(os.path.join(exp, 'models', 'net_g_latest.pth'), map_location='cpu')
-    net.load_state_dict(unwrap_state_dict(ckpt, 'params'), strict=True)
+    net, _ = load_network(arch=opt['network_g']['type'], arch_opt=opt['network_g'],
+                          checkpoint=os.path.join(exp, 'models', 'net_g_latest.pth'))
     train_size = opt['datasets']['train']['gt_size']
-    try:
-        from hinet_plugins.tlc import converted
-    except ImportError:
-        converted = None
+    from hinet_plugins.tlc import converted
 
-    rows, panels = [], []
-    for name, gt, lq in load_pairs(os.path.join(ROOT, 'datasets', 'demo')):
-        out = restore(net, lq)
-        row = {'photo': f'{name} {gt.shape[1]}x{gt.shape[0]}',
-               'in_psnr': calculate_psnr(lq, gt, 0), 'in_ssim': calculate_ssim(lq, gt, 0),
-               'out_psnr': calculate_psnr(out, gt, 0), 'out_ssim': calculate_ssim(out, gt, 0)}
-        if converted is not None:
-            with converted(net, train_size=train_size):
-                row['tlc_psnr'] = calculate_psnr(restore(net, lq), gt, 0)
-        rows.append(row)
-        panels.append(np.concatenate([lq, out, gt], axis=1))
+    arch = opt['network_g']['type']
+    outs = {arch: {}, f'{arch}+TLC': {}}
+    for name, _, lq in pairs:
+        outs[arch][name] = restore(net, lq)
+        with converted(net, train_size=train_size):
+            outs[f'{arch}+TLC'][name] = restore(net, lq)
+    return outs, sum(p.numel() for p in net.parameters())
 
-    tlc = converted is not None
-    head = '| photo | input PSNR | input SSIM | restored PSNR | restored SSIM | gain (dB) |' + \
-        (' restored+TLC PSNR |' if tlc else '')
-    print('\n' + head)
-    print('|' + '---|' * (head.count('|') - 1))
-    for r in rows:
-        line = (f"| {r['photo']} | {r['in_psnr']:.2f} | {r['in_ssim']:.4f} | {r['out_psnr']:.2f} | "
-                f"{r['out_ssim']:.4f} | {r['out_psnr'] - r['in_psnr']:+.2f} |")
-        print(line + (f" {r['tlc_psnr']:.2f} |" if tlc else ''))
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != 'photo'}
-    line = (f"| **mean** | {mean['in_psnr']:.2f} | {mean['in_ssim']:.4f} | {mean['out_psnr']:.2f} | "
-            f"{mean['out_ssim']:.4f} | **{mean['out_psnr'] - mean['in_psnr']:+.2f}** |")
-    print(line + (f" {mean['tlc_psnr']:.2f} |" if tlc else '') + '\n')
+
+def evaluate(opts, train_times, out_dir):
+    """Scores every method on the held-out photos, prints the tables, writes the PNGs; returns the smallest gain."""
+    pairs = list(load_pairs(os.path.join(ROOT, 'datasets', 'demo')))
+    outputs, nlm_h = baseline_outputs(pairs, DATA_SETTINGS['sigma'],
+                                      os.path.join(ROOT, 'datasets', 'demo', 'baselines'),
+                                      log=lambda msg: print(msg, flush=True))
+    networks = []
+    for opt, seconds in zip(opts, train_times):
+        outs, params = restore_all(opt, pairs)
+        outputs.update(outs)
+        networks.append({'name': opt['name'], 'arch': opt['network_g']['type'], 'params': params,
+                         'iterations': opt['train']['total_iter'], 'train_s': seconds})
+    rows = [demo_report.score_photo(name, gt, lq, {m: outputs[m][name] for m in outputs}) for name, gt, lq in pairs]
+    mean = demo_report.mean_scores(rows)
+    for n in networks:
+        n['psnr'] = mean[n['arch']][0]
+        n['gain'] = mean[n['arch']][0] - mean[demo_report.INPUT][0]
+
+    print(f"\nPSNR (dB) / SSIM on the held-out photos (noise sigma {DATA_SETTINGS['sigma']:g}; NLM h = {nlm_h}, "
+          'BM3D with the known sigma; +TLC: the same network converted by TLC):\n')
+    print(demo_report.results_table(rows) + '\n')
+    print(demo_report.networks_table(networks) + '\n')
+    print(demo_report.verdict(mean, [n['arch'] for n in networks]) + '\n', flush=True)
 
     os.makedirs(out_dir, exist_ok=True)
-    width = max(p.shape[1] for p in panels)
-    sheet = np.concatenate([np.pad(p, ((0, 8), (0, width - p.shape[1]), (0, 0)), constant_values=255)
-                            for p in panels], axis=0)
+    columns = ['BM3D'] + [n['arch'] for n in networks]
+    sheet = demo_report.contact_sheet([[lq] + [outputs[m][name] for m in columns] + [gt] for name, gt, lq in pairs])
     cv2.imwrite(os.path.join(out_dir, 'side_by_side.png'), sheet)
-    plot_training_curves(find_train_log(exp), os.path.join(out_dir, 'training_curves.png'))
+    curves = []
+    for i, opt in enumerate(opts):
+        curves.append('training_curves.png' if i == 0 else f"training_curves_{opt['network_g']['type']}.png")
+        plot_training_curves(find_train_log(os.path.join(ROOT, 'experiments', opt['name'])),
+                             os.path.join(out_dir, curves[-1]))
     with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-        json.dump({'rows': rows, 'mean': mean}, f, indent=1)
-    print(f'[demo] wrote {out_dir}/side_by_side.png (noisy | restored | clean), {out_dir}/training_curves.png, '
-          f'{out_dir}/results.json; TensorBoard: tensorboard --logdir tb_logger', flush=True)
-    return mean['out_psnr'] - mean['in_psnr']
+        json.dump({'rows': rows, 'mean': mean, 'networks': networks, 'nlm_h': nlm_h}, f, indent=1)
+    print(f"[demo] wrote {out_dir}/side_by_side.png (noisy | {' | '.join(columns)} | clean), "
+          f"{', '.join(out_dir + '/' + c for c in curves)}, {out_dir}/results.json; "
+          'TensorBoard: tensorboard --logdir tb_logger', flush=True)
+    return min(n['gain'] for n in networks)
 
 
 def main():
@@ -131,18 +142,25 @@ def main():
     parser.add_argument('--quick', action='store_true', help='a few iterations only (smoke run)')
     parser.add_argument('--out', default=os.path.join(ROOT, 'demo_output'), help='folder for PNGs and results')
     args = parser.parse_args()
-    with open(os.path.join(ROOT, OPTIONS)) as f:
-        opt = yaml.safe_load(f)
+    opts = []
+    for path in OPTIONS:
+        with open(os.path.join(ROOT, path)) as f:
+            opts.append(yaml.safe_load(f))
+        if args.quick:
+            opts[-1]['train']['total_iter'] = QUICK_ITERS
     build_data(os.path.join(ROOT, 'datasets', 'demo'))
-    exp = os.path.join(ROOT, 'experiments', opt['name'])
-    if os.path.isdir(exp):
-        shutil.rmtree(exp)  # a fresh run each time (basicsr would otherwise archive the old folder)
-    train(opt, args.quick)
-    gain = evaluate(opt, args.out)
+    start, train_times = time.monotonic(), []
+    for path, opt in zip(OPTIONS, opts):
+        exp = os.path.join(ROOT, 'experiments', opt['name'])
+        if os.path.isdir(exp):
+            shutil.rmtree(exp)  # a fresh run each time (basicsr would otherwise archive the old folder)
+        train_times.append(train(path, args.quick))
+    gain = evaluate(opts, train_times, args.out)
+    print(f'[demo] trainings + report: {time.monotonic() - start:.0f} s', flush=True)
     if not args.quick and gain < 2.0:
-        print(f'[demo] FAILED: mean gain {gain:.2f} dB is below the 2 dB target', flush=True)
+        print(f'[demo] FAILED: a network\'s mean gain ({gain:.2f} dB) is below the 2 dB target', flush=True)
         sys.exit(1)
-    print(f'[demo] mean PSNR gain over the noisy input: {gain:+.2f} dB', flush=True)
+    print(f'[demo] smallest mean PSNR gain of a network over the noisy input: {gain:+.2f} dB', flush=True)
 
 
 if __name__ == '__main__':

@@ -8,9 +8,12 @@ rename into place and each validation image folder, with the writer's RANK). For
 stopped at iteration 4 and continued with ``--auto_resume`` (CPU map location, per-rank random states gathered into
 the state, the sampler continuing inside the epoch): its iterations 5-6 must still match the single process.
 
-Why the losses can match: with ``gt_size`` equal to the crop size and no flips/rotations the samples are
-deterministic; ``EnlargedSampler`` gives rank r the positions r, r+2, ... of the same per-epoch permutation that
-the single process reads in order, so both see the same 8 images per iteration; DDP starts every rank from rank 0's
+Why the losses can match: ``EnlargedSampler`` gives rank r the positions r, r+2, ... of the same per-epoch
+permutation that the single process reads in order, so both see the same 8 images per iteration; for MPRNet and
+DRCNet, ``gt_size`` equals the crop size and there are no flips/rotations, so the samples are deterministic; for
+HINet, random crops, flips and rotations are drawn in one DataLoader worker per process: they are seeded from
+(seed, epoch, position in the permutation) (``hinet_plugins.resume``), so each sample gets the same draws on 2
+ranks, on 1 process, and after the resume; DDP starts every rank from rank 0's
 weights (seeded like the single process) and averages the gradients, which equals the gradient of the batch mean.
 Tolerance: losses that are batch means (PSNR, Charbonnier, edge) agree up to float32 reduction order; measured:
 identical to the 5 significant digits basicsr logs for HINet and MPRNet (4 iterations), checked at relative 2e-4.
@@ -94,6 +97,8 @@ def test_torchrun_two_ranks_on_cpu_matches_doubled_batch(tiny_data, tmp_path, vg
     for run, batch in (('dist', 4), ('single', 8)):
         opt = base_options(tiny_data, name=f'{name}_{run}', network=network, total_iter=total)
         opt['datasets']['train'].update(gt_size=64, use_hflip=False, use_rot=False, batch_size_per_gpu=batch)
+        if resume:  # random crops, flips and rotations, drawn in a DataLoader worker
+            opt['datasets']['train'].update(gt_size=48, use_hflip=True, use_rot=True, num_worker_per_gpu=1)
         if losses:
             del opt['train']['pixel_opt']
             opt['train']['losses'] = losses
@@ -156,6 +161,34 @@ def test_torchrun_two_ranks_on_cpu_matches_doubled_batch(tiny_data, tmp_path, vg
             worst = max(worst, abs(a - b) / max(abs(b), 1e-3))
             assert abs(a - b) <= rtol * max(abs(b), 1e-3), (arch, it, k, a, b)
     print(f'{arch}: 2 ranks x 4 vs 1 x 8, largest relative loss difference over {total} iterations: {worst:.1e}')
+
+
+@pytest.mark.slow
+def test_torch_distributed_launch_command_of_the_release_readmes(tiny_data, tmp_path):
+    """``python -m torch.distributed.launch --nproc_per_node=2 --master_port=P basicsr/train.py -opt ... --launcher
+    pytorch`` (the HINet/DRCNet READMEs' command). Today's launcher passes ``--local-rank=N``, which basicsr 1.4.2's
+    parser rejects unless ``launch.local_rank_spelling`` rewrites it; both ranks must train (gloo on CPU)."""
+    name = f'pytest_dlaunch_{uuid.uuid4().hex[:8]}'
+    opt = base_options(tiny_data, name=name, total_iter=2)
+    opt['datasets']['train'].update(batch_size_per_gpu=2, gt_size=32)
+    opt_path = write_options(opt, tmp_path / 'opt.yml')
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    env.pop('BASICSR_DIST_BACKEND', None)
+    cmd = [PY, '-m', 'torch.distributed.launch', '--nproc_per_node=2', f'--master_port={free_port()}',
+           'basicsr/train.py', '-opt', opt_path, '--launcher', 'pytorch']
+    exp_dir = os.path.join(REPO, 'experiments', name)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=500)
+        log = ''.join(open(os.path.join(exp_dir, f)).read() for f in sorted(os.listdir(exp_dir))
+                      if f.startswith('train_') and f.endswith('.log')) if os.path.isdir(exp_dir) else ''
+        models = sorted(os.listdir(os.path.join(exp_dir, 'models'))) if os.path.isdir(exp_dir) else []
+    finally:
+        shutil.rmtree(exp_dir, ignore_errors=True)
+    assert proc.returncode == 0 and 'Traceback' not in proc.stdout, proc.stdout[-5000:]
+    assert 'unrecognized arguments' not in proc.stdout
+    assert 'World size (gpu number): 2' in log and sorted(logged_iterations(log)) == [1, 2]
+    assert models == ['net_g_2.pth', 'net_g_latest.pth']
 
 
 # ---------------------------------------------------------------------------------------------- backend choice

@@ -87,17 +87,37 @@ def test_malformed_yaml_through_literal_launcher(tmp_path):
 
 
 @pytest.mark.parametrize('where, registered', [('network_g', 'HINet'), ('loss', 'PSNRLoss'),
-                                               ('model', 'MultiStageRestorationModel')])
+                                               ('model', 'MultiStageRestorationModel'),
+                                               ('dataset', 'PairedImageDataset_SIDD')])
 def test_unknown_type_lists_registered_names(tiny_data, tmp_path, monkeypatch, where, registered):
     opt = base_options(tiny_data, total_iter=2)
     if where == 'network_g':
         opt['network_g']['type'], key = 'HINetX', 'network_g.type'
+    elif where == 'dataset':
+        opt['datasets']['val']['type'], key = 'PairedImageDataset_SIDDD', 'datasets.val.type'
     elif where == 'loss':
         opt['train']['pixel_opt']['type'], key = 'PSNRLos', 'train.pixel_opt.type'
     else:
         opt['model_type'], key = 'ImageRestorationModle', 'model_type'
     line = expect_error(tmp_path, opt, monkeypatch, key, 'Registered:', registered, 'opt.yml')
     assert line.count(',') > 3  # the full list, not one name
+
+
+@pytest.mark.parametrize('entry, fragments', [
+    ('datasets:trian:gt_size=32', ["datasets has no section 'trian'", 'it has: train, val']),
+    ('train:optim_g:lr=abc', ['train:optim_g:lr must be a number', "got 'abc'"]),
+    ('num_gpu=1=2', ["exactly one '='"]),
+])
+def test_force_yml_mistakes(tiny_data, tmp_path, monkeypatch, entry, fragments):
+    opt = base_options(tiny_data, total_iter=2)
+    expect_error(tmp_path, opt, monkeypatch, f"--force_yml '{entry}'", *fragments, flags=('--force_yml', entry))
+    assert not os.path.exists(tmp_path / 'experiments')  # rejected before anything is created
+
+
+def test_num_gpu_more_than_present_also_through_force_yml(tiny_data, tmp_path, monkeypatch):
+    opt = base_options(tiny_data, total_iter=2)
+    too_many = torch.cuda.device_count() + 1
+    expect_error(tmp_path, opt, monkeypatch, f'num_gpu is {too_many}', flags=('--force_yml', f'num_gpu={too_many}'))
 
 
 def test_num_gpu_more_than_present(tiny_data, tmp_path, monkeypatch):
@@ -207,6 +227,32 @@ def test_grayscale_and_rgba_pairs_are_read_as_rgb_with_a_warning(tiny_data, tmp_
     rgba = ds[index[names[3]]]['gt']
     expected = cv2.imread(os.path.join(tiny_data['train_gt'], names[3]))[..., ::-1].astype(np.float32) / 255
     assert rgba.shape == (3, 64, 64) and np.allclose(rgba.permute(1, 2, 0).numpy(), expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('workers', [0, 1])
+def test_png_cut_short_stops_training_with_its_path(tiny_data, tmp_path, monkeypatch, workers):
+    """Its header reads (the up-front checks pass), its pixels do not: the run stops when the sample is drawn, in
+    one line naming the file, also from a DataLoader worker; the checkpoints written before are kept."""
+    opt = disk_options(tiny_data, tmp_path, name=f'cut_{workers}')
+    opt['train']['total_iter'] = 12  # 10 batches of 4 per epoch: every file is drawn in epoch 0
+    opt['datasets']['train'].update(num_worker_per_gpu=workers, batch_size_per_gpu=4)
+    opt['logger']['save_checkpoint_freq'] = 1
+    opt['val']['val_freq'] = 100
+    from basicsr.data import build_dataset
+    train = opt['datasets']['train']
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(0)).tolist()  # EnlargedSampler, epoch 0
+    paths = build_dataset(dict(train, phase='train', scale=1)).paths
+    victim = paths[order[30]]['lq_path']  # in the 8th batch
+    data = open(victim, 'rb').read()
+    with open(victim, 'wb') as f:
+        f.write(data[:len(data) // 2])
+    line = expect_error(tmp_path, opt, monkeypatch, f"image '{victim}' cannot be decoded", 'datasets.train',
+                        '--auto_resume')
+    assert 'Original Traceback' not in line and 'NoneType' not in line
+    models = tmp_path / 'experiments' / f'cut_{workers}' / 'models'
+    assert (models / 'net_g_5.pth').is_file() and not (models / 'net_g_8.pth').exists()
+    assert _finite_checkpoint(models / 'net_g_5.pth')
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

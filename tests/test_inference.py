@@ -1,5 +1,6 @@
-"""scripts/inference.py with tiny random-weight nets saved as checkpoints: tiling, self-ensemble, TLC, image
-formats (gray, RGBA, 16-bit, odd sizes), option-file and --arch model sources, errors."""
+"""The restore API (``hinet_plugins.restore``) and scripts/inference.py over it, with tiny random-weight nets saved
+as checkpoints: tiling, self-ensemble, TLC, amp, image formats (gray, RGBA, 16-bit, float, odd sizes), option-file
+and --arch model sources, release checkpoint formats, errors."""
 import contextlib
 import importlib.util
 import io
@@ -12,6 +13,8 @@ import torch
 from basicsr.archs import build_network
 
 from conftest import PY, REPO, run_cli, write_options
+from hinet_plugins.errors import ConfigError
+from hinet_plugins.restore import Restorer, load_network, restore_image, restore_tensor
 
 SCRIPT = os.path.join(REPO, 'scripts', 'inference.py')
 spec = importlib.util.spec_from_file_location('inference_script', SCRIPT)
@@ -82,7 +85,7 @@ def test_tiles_blend_close_to_the_whole_image(tmp_path, nets):
 def test_self_ensemble(tmp_path, nets):
     net, _ = nets['random']
     x = torch.rand(1, 3, 32, 48)
-    se = inference.restore_tensor(net, x, self_ensemble=True)
+    se = restore_tensor(net, x, self_ensemble=True)
     with torch.no_grad():
         manual = 0
         for k in range(4):
@@ -93,8 +96,8 @@ def test_self_ensemble(tmp_path, nets):
     assert torch.allclose(se, manual, atol=1e-5)
     # the x8 average is equivariant to rotations and flips; the plain net is not
     for t in (lambda v: torch.rot90(v, 1, (-2, -1)), lambda v: v.flip(-2)):
-        assert torch.allclose(inference.restore_tensor(net, t(x), self_ensemble=True), t(se), atol=1e-5)
-        assert (inference.restore_tensor(net, t(x)) - t(plain)).abs().max() > 1e-2
+        assert torch.allclose(restore_tensor(net, t(x), self_ensemble=True), t(se), atol=1e-5)
+        assert (restore_tensor(net, t(x)) - t(plain)).abs().max() > 1e-2
     # through the CLI: an identity-like net stays the identity under the ensemble
     _, ckpt = nets['identity']
     os.makedirs(tmp_path / 'in')
@@ -162,6 +165,7 @@ def test_option_file_tlc_and_errors(tmp_path, nets):
         assert code == 2 and message in log, (argv, log)
 
 
+@pytest.mark.slow
 def test_unreadable_files_are_skipped_with_nonzero_exit(tmp_path, nets):
     """The real command line: one bad file is reported and skipped, the others are restored, exit status 1."""
     _, ckpt = nets['random']
@@ -175,3 +179,97 @@ def test_unreadable_files_are_skipped_with_nonzero_exit(tmp_path, nets):
     assert proc.returncode == 1, proc.stdout
     assert "skipped '" in proc.stdout and 'broken.png' in proc.stdout and 'done: 1 restored, 1 failed' in proc.stdout
     assert os.listdir(tmp_path / 'out') == ['good.png']
+
+
+def test_api_arrays_rgb_bgr_and_formats(nets):
+    """``Restorer`` on arrays: RGB in = the script's BGR path flipped; gray / float / 16-bit keep their format."""
+    net, ckpt = nets['random']
+    rgb = photo(40, 52, seed=7)[..., ::-1].copy()
+    restorer = Restorer.load(arch='HINet', arch_opt={'wf': 4, 'depth': 3}, checkpoint=ckpt)
+    out = restorer(rgb)
+    assert out.shape == rgb.shape and out.dtype == np.uint8 and np.abs(out.astype(int) - rgb).mean() > 5
+    bgr_out = restore_image(net, rgb[..., ::-1], channel_order='bgr')
+    assert np.array_equal(bgr_out[..., ::-1], out)
+    # the same as the network itself on the [0, 1] tensor, rounded
+    with torch.no_grad():
+        ref = net(torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32) / 255)[None])[-1][0]
+    ref = np.round(ref.clamp(0, 1).numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
+    assert np.array_equal(out, ref)
+    flt = rgb.astype(np.float32) / 255
+    out_f = restorer(flt)
+    assert out_f.dtype == np.float32 and np.abs(out_f * 255 - out).max() <= 0.5 + 1e-3
+    gray16 = (rgb[..., 1].astype(np.uint16) * 257)
+    out_g = restorer(gray16)
+    assert out_g.shape == gray16.shape and out_g.dtype == np.uint16
+    with pytest.raises(ValueError, match='unsupported pixel type'):
+        restorer(rgb.astype(np.int32))
+
+
+def test_release_checkpoint_formats(tmp_path, nets):
+    """'params', 'params_ema', MPRNet's {'epoch', 'state_dict', 'optimizer'} with 'module.', a bare state_dict:
+    all load strictly to the same network; --param-key picks one of several."""
+    net, _ = nets['random']
+    state = net.state_dict()
+    other = build_network(dict(NET)).state_dict()
+    files = {'params': {'params': state}, 'ema': {'params': other, 'params_ema': state},
+             'mprnet': {'epoch': 3, 'state_dict': {'module.' + k: v for k, v in state.items()}, 'optimizer': {}},
+             'bare': dict(state)}
+    x = torch.rand(1, 3, 24, 32)
+    with torch.no_grad():
+        want = net(x)[-1]
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / f'{name}.pth')
+        key = 'params_ema' if name == 'ema' else None
+        loaded, desc = load_network(arch='HINet', arch_opt={'wf': 4, 'depth': 3},
+                                    checkpoint=str(tmp_path / f'{name}.pth'), param_key=key)
+        with torch.no_grad():
+            assert torch.equal(loaded(x)[-1], want), name
+    # an option file's path.param_key_g selects the EMA weights too
+    opt = {'network_g': dict(NET), 'path': {'pretrain_network_g': str(tmp_path / 'ema.pth'),
+                                            'param_key_g': 'params_ema'}}
+    loaded, _ = load_network(opt=opt)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[-1], want)
+    with open(tmp_path / 'text.pth', 'w') as f:
+        f.write('not a checkpoint\n')
+    with pytest.raises(ConfigError, match="checkpoint '.*text.pth' cannot be loaded"):
+        load_network(arch='HINet', arch_opt={'wf': 4, 'depth': 3}, checkpoint=str(tmp_path / 'text.pth'))
+
+
+def test_amp_and_tlc_through_the_api(nets):
+    """bf16 on the CPU runs (close to fp32, not equal); fp16 without a GPU is a ConfigError; TLC via ``tlc=``."""
+    net, ckpt = nets['random']
+    rgb = photo(48, 48, seed=2)
+    fp32 = Restorer(net)(rgb).astype(np.int16)
+    bf16 = Restorer(net, amp='bf16')(rgb).astype(np.int16)
+    diff = np.abs(bf16 - fp32)
+    assert 0 < diff.max() and diff.mean() < 2, (diff.max(), diff.mean())
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match='fp16 needs a CUDA GPU'):
+            Restorer(net, amp='fp16')
+    with pytest.raises(ConfigError, match="expected bf16, fp16"):
+        Restorer(net, amp='int8')
+    local = Restorer.load(arch='HINet', arch_opt={'wf': 4, 'depth': 3}, checkpoint=ckpt, tlc={'train_size': 16})
+    assert 'TLC: ' in local.description
+    assert np.abs(local(rgb).astype(np.int16) - fp32).max() > 2
+    assert not any('Local' in type(m).__name__ for m in net.modules()), 'the shared net was not converted'
+
+
+def test_cli_amp_tile_checks(tmp_path, nets):
+    """--amp bf16 restores; --amp fp16 without a GPU, --tile 0 / -5 are one-line errors that write nothing."""
+    _, ckpt = nets['random']
+    src = tmp_path / 'in'
+    os.makedirs(src)
+    cv2.imwrite(str(src / 'a.png'), photo(40, 40))
+    code, log = run(['-i', str(src), '-o', str(tmp_path / 'bf16'), *ARCH_ARGS, '--checkpoint', ckpt, '--amp', 'bf16'])
+    assert code == 0 and '(amp bf16)' in log and os.path.isfile(tmp_path / 'bf16' / 'a.png'), log
+    bad = [(['--tile', '0'], '--tile: the tile size must be positive, got 0'),
+           (['--tile', '-5'], '--tile: the tile size must be positive, got -5'),
+           (['--tile', '32', '--tile-overlap', '32'], '--tile-overlap must be in 0..31')]
+    if not torch.cuda.is_available():
+        bad.append((['--amp', 'fp16'], '--amp: fp16 needs a CUDA GPU'))
+    for extra, message in bad:
+        code, log = run(['-i', str(src), '-o', str(tmp_path / 'err'), *ARCH_ARGS, '--checkpoint', ckpt, *extra])
+        lines = [line for line in log.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith('hinet_plugins: error: ' + message), log
+        assert not os.path.exists(tmp_path / 'err')

@@ -52,17 +52,22 @@ def make_sidd(root):
     scipy.io.savemat(os.path.join(root, 'val', 'ValidationNoisyBlocksSrgb.mat'), {'ValidationNoisyBlocksSrgb': noisy})
 
 
-def make_gopro(root):
-    """GOPRO_Large scene folders for train, the flattened input/target layout (MPRNet/HINet) for test."""
+def make_gopro(root, flat_test=True):
+    """GOPRO_Large scene folders for train, the flattened input/target layout (MPRNet/HINet) for test (or
+    GOPRO_Large scene folders there too with ``flat_test=False``)."""
     for s, scene in enumerate(('GOPR0372_07_00', 'GOPR0374_11_01')):
         for f in range(2):
             sharp, blur = _pair(64, 80, 3 * s + f)
             _write(os.path.join(root, 'train', scene, 'sharp', f'{f:06d}.png'), sharp)
             _write(os.path.join(root, 'train', scene, 'blur', f'{f:06d}.png'), cv2.GaussianBlur(blur, (5, 5), 1.5))
-    for f in range(2):
+    for f in range(2 if flat_test else 0):
         sharp, blur = _pair(64, 72, 20 + f)
         _write(os.path.join(root, 'test', 'target', f'GOPR0384_11_00-{f:06d}.png'), sharp)
         _write(os.path.join(root, 'test', 'input', f'GOPR0384_11_00-{f:06d}.png'), cv2.GaussianBlur(blur, (5, 5), 1.5))
+    for f in range(0 if flat_test else 2):
+        sharp, blur = _pair(64, 72, 20 + f)
+        _write(os.path.join(root, 'test', 'GOPR0384_11_00', 'sharp', f'{f:06d}.png'), sharp)
+        _write(os.path.join(root, 'test', 'GOPR0384_11_00', 'blur', f'{f:06d}.png'), cv2.GaussianBlur(blur, (5, 5), 1))
 
 
 def make_reds(root):
@@ -270,3 +275,123 @@ def test_bad_arguments(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:
         PREPARE.main([*args, '--root', str(tmp_path)])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- re-runs, broken files, all-or-nothing
+def tree(root):
+    """{relative path: sha256 of the file, or 'dir'} of everything under ``root``."""
+    import hashlib
+    out = {}
+    for top, dirs, files in os.walk(root):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(top, d), root)] = 'dir'
+        for f in files:
+            with open(os.path.join(top, f), 'rb') as fh:
+                out[os.path.relpath(os.path.join(top, f), root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def cut_short(path, keep=0.6):
+    """Truncate an image file: its header still reads, its pixels do not."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:int(len(data) * keep)])
+
+
+def make_sidd_at_root(sidd):
+    """SIDD_Medium_Srgb/Data and the validation .mat files at the dataset root: the outputs' train/ and val/ are new."""
+    make_sidd(sidd)
+    os.rename(sidd / 'train' / 'SIDD_Medium_Srgb', sidd / 'SIDD_Medium_Srgb')
+    for name in os.listdir(sidd / 'val'):
+        os.rename(sidd / 'val' / name, sidd / name)
+    os.rmdir(sidd / 'train')
+    os.rmdir(sidd / 'val')
+    return sidd
+
+
+GOPRO_OUTPUTS = ('train/sharp_crops.lmdb', 'train/blur_crops.lmdb', 'test/target.lmdb', 'test/input.lmdb')
+
+
+@pytest.mark.slow
+def test_gopro_large_layout_reruns_and_force(tmp_path):
+    """GOPRO_Large writes its LMDBs next to the scene folders; re-runs and --force must not take them for scenes."""
+    root = tmp_path / 'datasets' / 'GoPro'
+    make_gopro(root, flat_test=False)
+    cmd = [PY, SCRIPT, 'gopro', '--crop', '48', '--step', '32', '--no-progress']
+    assert run_cli(cmd, tmp_path).stdout.count('wrote') == 2
+    keys = {out: lmdb_keys(root / out) for out in GOPRO_OUTPUTS}
+    assert len(keys['train/sharp_crops.lmdb']) == 16 and keys['train/blur_crops.lmdb'] == keys['train/sharp_crops.lmdb']
+    assert keys['test/input.lmdb'] == ['GOPR0384_11_00_000000', 'GOPR0384_11_00_000001']
+    snapshot = tree(root)
+    rerun = run_cli(cmd, tmp_path)
+    assert rerun.stdout.count('up to date') == 2 and tree(root) == snapshot, rerun.stdout
+    forced = run_cli(cmd + ['--force'], tmp_path)
+    assert forced.stdout.count('wrote') == 2, forced.stdout
+    assert {out: lmdb_keys(root / out) for out in GOPRO_OUTPUTS} == keys
+    assert set(tree(root)) == set(snapshot), 'same names after --force: nothing left aside or half-written'
+    # new settings with --force: a clean rebuild, twice in a row
+    for _ in range(2):
+        prepare(tmp_path, 'gopro', '--crop', '64', '--step', '64', '--force')
+    assert len(lmdb_keys(root / 'train' / 'sharp_crops.lmdb')) == 4 * 2  # 64x80 with 64 crops: cols 0, 16
+    assert set(tree(root)) == set(snapshot)
+
+
+@pytest.mark.slow
+def test_cut_short_images_fail_the_whole_dataset_before_anything_is_written(tmp_path):
+    """A PNG / JPEG cut short with its header intact: the decode check names it, no LMDB and no folder appears."""
+    gopro = tmp_path / 'datasets' / 'GoPro'
+    make_gopro(gopro, flat_test=False)
+    cut_short(gopro / 'test' / 'GOPR0384_11_00' / 'blur' / '000001.png')  # the train job comes first and is fine
+    sidd = make_sidd_at_root(tmp_path / 'datasets' / 'SIDD')
+    cut_short(sidd / 'SIDD_Medium_Srgb' / 'Data' / SIDD_SCENES[1] / 'NOISY_SRGB_010.PNG')
+    rain = tmp_path / 'datasets' / 'Rain13k'
+    make_rain13k(rain)
+    cut_short(rain / 'train' / 'input' / '2.jpg', keep=0.5)
+    snapshot = tree(tmp_path)
+    cases = ((['gopro', '--crop', '48', '--step', '32'], 'test/GOPR0384_11_00/blur/000001.png'),
+             (['sidd', '--crop', '48', '--step', '32'], f'{SIDD_SCENES[1]}/NOISY_SRGB_010.PNG'),
+             (['rain13k', '--sets', 'Rain100H,Test100'], 'train/input/2.jpg'))
+    for i, (args, broken) in enumerate(cases):
+        if i == 0:  # the literal command once, the others in-process (same main, imports paid once)
+            proc = run_cli([PY, SCRIPT, *args, '--no-progress'], tmp_path, check=False)
+            code, out = proc.returncode, proc.stdout
+        else:
+            code, out = prepare(tmp_path, *args, check=False)
+        assert code == 2 and 'Traceback' not in out, out[-3000:]
+        first = [line for line in out.splitlines() if line.startswith('hinet_plugins: error:')]
+        assert len(first) == 1 and 'nothing was written' in first[0]
+        assert f"{broken}' cannot be decoded" in out
+        assert tree(tmp_path) == snapshot, f'{args[0]}: the tree changed'
+    assert not os.path.exists(sidd / 'train') and not os.path.exists(sidd / 'val')
+
+
+def test_a_write_failure_rolls_back_every_job(tmp_path, monkeypatch):
+    """A failure while writing the second job (disk full) leaves a previous build, or nothing, exactly as it was."""
+    from hinet_plugins.data import lmdb_writer as core
+    root = tmp_path / 'datasets' / 'GoPro'
+    make_gopro(root)
+    make_sidd_at_root(tmp_path / 'datasets' / 'SIDD')
+    original, calls = core._write_lmdb_pair, []
+
+    def second_fails(job, temps, *args):
+        calls.append(job.name)
+        if len(calls) == 2:
+            raise OSError(28, 'No space left on device')
+        return original(job, temps, *args)
+
+    monkeypatch.setattr(core, '_write_lmdb_pair', second_fails)
+    before = tree(tmp_path)
+    code, msg = prepare(tmp_path, 'gopro', '--crop', '48', '--step', '32', check=False)
+    assert code == 2 and 'No space left on device' in msg and 'nothing was written' in msg
+    assert calls == ['GoPro train', 'GoPro test'] and tree(tmp_path) == before
+    monkeypatch.setattr(core, '_write_lmdb_pair', original)
+    prepare(tmp_path, 'gopro', '--crop', '48', '--step', '32')
+    built = tree(tmp_path)
+    monkeypatch.setattr(core, '_write_lmdb_pair', second_fails)
+    calls.clear()
+    code, msg = prepare(tmp_path, 'gopro', '--crop', '40', '--step', '40', '--force', check=False)
+    assert code == 2 and tree(tmp_path) == built, 'the finished build survives a failed --force rebuild'
+    calls.clear()
+    code, msg = prepare(tmp_path, 'sidd', '--crop-size', '48', '--step', '32', check=False)
+    assert code == 2 and calls == ['SIDD train', 'SIDD val'] and tree(tmp_path) == built, 'no train/ or val/ left'

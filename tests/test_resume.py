@@ -1,12 +1,13 @@
 """The literal launchers (``python basicsr/train.py`` / ``basicsr/test.py`` with upstream's flags) and resume.
 
 Resume after SIGKILL: the resumed run's logged losses equal those of an uninterrupted run with the same seed,
-exactly, to the 5 significant digits basicsr logs. What makes them equal (``compat.create_train_val_dataloader``):
-the training state holds the network, optimizer, scheduler, iteration, the trainable loss parameters (FCN's stage
-ratios) and every rank's random states, and the sampler continues the interrupted epoch instead of restarting it
-(upstream restarts it, and re-seeds: measured -18.603 vs -18.480 at the first resumed iteration of this tiny run).
-Both runs use the same thread count (OMP_NUM_THREADS=1); with ``num_worker_per_gpu > 0`` only the sample order is
-reproduced, not the workers' augmentation draws, and equality would not hold.
+exactly, to the 5 significant digits basicsr logs, with and without DataLoader workers. What makes them equal
+(``hinet_plugins.resume``): the training state holds the network, optimizer, scheduler, iteration, the trainable
+loss parameters (FCN's stage ratios) and every rank's random states; the sampler continues the interrupted epoch
+instead of restarting it (upstream restarts it, and re-seeds: measured -18.603 vs -18.480 at the first resumed
+iteration of this tiny run); and each sample's crop/flip/rotation draws are seeded from (seed, epoch, position),
+not from the worker that serves it (before that, with 2 workers every resumed loss differed). Both runs use the
+same thread count (OMP_NUM_THREADS=1).
 """
 import glob
 import os
@@ -166,9 +167,12 @@ def test_literal_test_launcher(launcher_runs):
 
 # ---------------------------------------------------------------------------------------------- kill -9 and resume
 @pytest.mark.slow
-def test_sigkill_then_auto_resume_matches_uninterrupted_run(tiny_data, tmp_path):
-    """FCN's StageRatioLoss brings trainable stage ratios (own param group, saved under 'losses' in the state)."""
+@pytest.mark.parametrize('workers', [0, 2])
+def test_sigkill_then_auto_resume_matches_uninterrupted_run(tiny_data, tmp_path, workers):
+    """FCN's StageRatioLoss brings trainable stage ratios (own param group, saved under 'losses' in the state);
+    random 48-px crops of the 64-px pairs with flips and rotations, drawn in the main process or in 2 workers."""
     opt = base_options(tiny_data, name='killed', total_iter=400)
+    opt['datasets']['train']['num_worker_per_gpu'] = workers
     opt['train']['scheduler']['T_max'] = 12
     opt['train']['losses'] = [{'type': 'StageRatioLoss', 'num_stages': 2, 'tau': 0.1}]
     opt['train']['optim_loss'] = {'lr': 0.05}

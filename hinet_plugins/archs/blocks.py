@@ -228,5 +228,25 @@ class ChannelLayerNorm(nn.Module):
         if self.bias_free:
             var = x.var(dim=1, keepdim=True, unbiased=False)
             return x * torch.rsqrt(var + self.eps) * self.weight[:, None, None]
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)  # constant shape: ONNX-traceable
         return y.permute(0, 3, 1, 2)
+
+
+class TransposedAttention(nn.Module):
+    """The global part of Restormer's MDTA, as a parameter-free module (so TLC can swap it; no state_dict keys).
+
+    ``forward(q, k, v, temperature)`` with q, k, v of shape (N, heads, C_h, H, W) and ``temperature`` broadcastable
+    to (N, heads, C_h, C_h): per head, q and k are L2-normalised over the H*W positions, the C_h x C_h attention
+    ``softmax(q k^T * temperature)`` mixes the channels of v. Returns (N, heads, C_h, H, W). Both products sum over
+    all H*W positions, which is what makes the block global (TLC paper Sec. 3.3).
+    """
+
+    @staticmethod
+    def attention(q, k, temperature):
+        """(N, heads, C_h, L) normalised-correlation softmax over L positions -> (N, heads, C_h, C_h)."""
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        return (q @ k.transpose(-2, -1) * temperature).softmax(dim=-1)
+
+    def forward(self, q, k, v, temperature):
+        attn = self.attention(q.flatten(-2), k.flatten(-2), temperature)
+        return (attn @ v.flatten(-2)).view(v.shape)

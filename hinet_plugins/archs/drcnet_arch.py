@@ -13,9 +13,11 @@ complement are normalised separately with their own mean and variance (``norm.rn
 are ``norm.rn.bn_norm``); output = normalised * (1 + gamma) + beta. EnergyAttention is SimAM (paper Eqs. 8-9):
 x * sigmoid((x - mu)^2 / (4 (var + lambda)) + 0.5), per-channel spatial mean and variance.
 
-Readings (paper vs the authors' release, leefly072/DRCNet) -- the defaults are the paper's; the keywords in
-``RELEASE_DFR`` reproduce the release, whose state_dicts load with ``strict=True`` (names, shapes and parameter
-count 18,975,798 at wf=64 match the release):
+Readings (paper vs the authors' release, leefly072/DRCNet) -- the defaults are the paper's (``preset: paper``);
+``preset: release`` (the keywords in ``RELEASE_DFR`` plus ``mask_mode='hard'``) reproduces the release, whose
+state_dicts load with ``strict=True`` either way (names, shapes and parameter count 18,975,798 at wf=64 match the
+release). The release's own option files name no preset, so they get the paper's reading unless they add
+``preset: release``:
 - ``mask_threshold`` t: paper 0.75, release 0.8. ``energy_lambda``: paper delta = 1e-6, release 1e-4.
 - ``mask_mode``: the threshold has no gradient. 'hard' = paper/release (mask detached; ``sa.conv1`` learns only
   through gamma and beta). 'ste' (default) = straight-through estimator: forward the hard mask, backward as if the
@@ -66,6 +68,10 @@ DFR_VARIANTS = {'base': (False, False, False), 'sf': (True, False, False), 'ea':
                 'sf_identity': (True, False, True), 'sf_ea': (True, True, False), 'full': (True, True, True)}
 # keywords that reproduce the authors' release (with ``mask_mode='hard'`` for their gradients too)
 RELEASE_DFR = dict(mask_threshold=0.8, energy_lambda=1e-4, region_stats='batch', energy_unbiased=True)
+# ``preset``: the defaults of the keywords on which the paper and the release differ (explicit keywords win)
+PRESETS = {'paper': dict(mask_threshold=0.75, energy_lambda=1e-6, mask_mode='ste', region_stats='sample',
+                         energy_unbiased=False),
+           'release': dict(RELEASE_DFR, mask_mode='hard')}
 
 
 def _choice(name, value, choices):
@@ -263,17 +269,23 @@ class DRCNet(HINet):
     """DRCNet (Sec. 3.1): HINet's two-stage U-Net (depth 4) with DFR encoder blocks; returns [stage 1, final].
 
     Defaults: the paper's hyper-parameters with the release's structure (18,975,798 parameters at wf=64).
-    ``DRCNet(**RELEASE_DFR)`` computes what the release computes. Inputs of any size are reflect-padded to a
+    ``preset='release'`` (option file: ``network_g.preset: release``) computes what the release computes on its
+    checkpoints, forward and gradients: ``RELEASE_DFR`` with ``mask_mode='hard'``. A preset only sets the defaults
+    of the five keywords in ``PRESETS``; a keyword given explicitly wins. Inputs of any size are reflect-padded to a
     multiple of 2^(depth-1) and the outputs cropped back (inherited from HINet).
     """
 
     def __init__(self, in_chn=3, wf=64, depth=4, relu_slope=0.2, hin_position_left=0, hin_position_right=4,
-                 dfr_variant='full', mask_threshold=0.75, energy_lambda=1e-6, mask_mode='ste', mask_temperature=0.05,
-                 region_stats='sample', energy_unbiased=False, region_prior=1e-3):
+                 dfr_variant='full', mask_threshold=None, energy_lambda=None, mask_mode=None, mask_temperature=0.05,
+                 region_stats=None, energy_unbiased=None, region_prior=1e-3, preset='paper'):
+        _choice('preset', preset, PRESETS)
+        given = dict(mask_threshold=mask_threshold, energy_lambda=energy_lambda, mask_mode=mask_mode,
+                     region_stats=region_stats, energy_unbiased=energy_unbiased)
         # read by make_encoder_block, which HINet.__init__ calls
-        self.dfr_kwargs = dict(variant=dfr_variant, mask_threshold=mask_threshold, energy_lambda=energy_lambda,
-                               mask_mode=mask_mode, mask_temperature=mask_temperature, region_stats=region_stats,
-                               energy_unbiased=energy_unbiased, region_prior=region_prior, relu_slope=relu_slope)
+        self.dfr_kwargs = {k: PRESETS[preset][k] if v is None else v for k, v in given.items()}
+        self.dfr_kwargs.update(variant=dfr_variant, mask_temperature=mask_temperature, region_prior=region_prior,
+                               relu_slope=relu_slope)
+        self.preset = preset
         super().__init__(in_chn=in_chn, wf=wf, depth=depth, relu_slope=relu_slope,
                          hin_position_left=hin_position_left, hin_position_right=hin_position_right)
 

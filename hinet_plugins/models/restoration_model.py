@@ -12,7 +12,7 @@ logging, checkpoint layout, resume); overrides only what multi-stage networks ne
   Loss modules with parameters are optimised in their own param group (``train.optim_loss`` overrides lr etc.),
   averaged across ranks under DDP, and saved in the training state so ``--auto_resume`` restores them. The training
   state also holds every rank's random states, so a resumed run continues the same draws
-  (``compat.create_train_val_dataloader``).
+  (``hinet_plugins.resume``).
 - ``train.loss_on_clamped: true`` computes the losses on outputs clamped to [0, 1] (MPRNet's denoising recipe).
 - Gradient clipping: ``train.use_grad_clip`` (max-norm ``train.grad_clip_norm``, 0.01 as in the HINet release).
 - A non-finite loss stops training with a clear message; checkpoints are written atomically (temporary file,
@@ -21,7 +21,10 @@ logging, checkpoint layout, resume); overrides only what multi-stage networks ne
   ``max_minibatch``) restores large images by overlapping crops, as the HINet release does.
   ``val.tlc: {enabled, train_size, base_size, fast_imp, compare}`` applies TLC (``hinet_plugins.tlc``) to the
   evaluated net for validation/test only; ``compare: true`` also logs the metrics without it.
-- Schedulers: basicsr's plus ``TrueCosineAnnealingLR`` (the HINet release's name for torch's cosine annealing).
+- Schedulers (``models/lr_schedulers.py``): basicsr's plus ``TrueCosineAnnealingLR`` (the HINet release's name for
+  torch's cosine annealing) and Restormer's ``CosineAnnealingRestartCyclicLR``.
+- Per-iteration batch transforms (``models/batch_augment.py``): Restormer's progressive patch/batch sizes
+  (``datasets.train.gt_sizes / mini_batch_sizes / iters``) and mixup (``train.mixing_augs``), for every arch.
 - Speed switches (``models/speed.py``, all off by default): ``amp: bf16|fp16`` (top level; ``val.amp`` overrides it
   for validation/test), ``channels_last: true`` (top level), ``train.compile: true|{backend, mode, ...}``,
   ``train.grad_checkpoint: true``. Top-level keys act in training and test; ``train.*`` ones in training only.
@@ -29,18 +32,22 @@ logging, checkpoint layout, resume); overrides only what multi-stage networks ne
 import os
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
-from basicsr.models import lr_scheduler as bsr_lr_scheduler
 from basicsr.models.sr_model import SRModel
-from basicsr.utils import get_root_logger
+from basicsr.metrics import calculate_metric
+from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import MODEL_REGISTRY
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from ..errors import ConfigError, TrainingDivergedError
 from ..utils.checkpoint import atomic_torch_save, describe_state_dict_mismatch, rng_states
 from ..utils.tiling import tiled_forward
+from .batch_augment import build_batch_transforms
+from .lr_schedulers import SCHEDULERS, build_scheduler
 from .speed import SpeedSwitchesMixin, to_float
 
 OPTIMIZERS = {
@@ -49,12 +56,46 @@ OPTIMIZERS = {
 }
 
 
+def _float_image(tensor, rgb2bgr):
+    """(1, C, H, W) float tensor in [0, 1] -> (H, W, C) float64 array in [0, 255] (not rounded, not clamped)."""
+    img = tensor[0].detach().cpu().double().permute(1, 2, 0).numpy() * 255.0
+    return np.ascontiguousarray(img[..., ::-1]) if rgb2bgr and img.shape[2] == 3 else img
+
+
+def accumulate_grad_batches(train_opt):
+    """``train.accumulate_grad_batches`` (default 1), checked."""
+    n = train_opt.get('accumulate_grad_batches', 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f'train.accumulate_grad_batches: expected a positive integer, got {n!r}')
+    return n
+
+
 def _as_list(outputs):
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
+class DeviceSafeSRModel(SRModel):
+    """basicsr's ``SRModel`` whose ``model_to_device`` also works on the CPU under DDP.
+
+    Upstream's ``BaseModel.model_to_device`` passes ``device_ids=[torch.cuda.current_device()]`` to
+    DistributedDataParallel even for a CPU model (gloo), which fails without CUDA. Here ``device_ids`` is given only
+    on CUDA. Sits below ``SpeedSwitchesMixin`` in the MRO, so the speed switches prepare the net before wrapping.
+    Drop when upstream omits ``device_ids`` for CPU models.
+    """
+
+    def model_to_device(self, net):
+        net = net.to(self.device)
+        if self.opt['dist']:
+            device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+            net = DistributedDataParallel(
+                net, device_ids=device_ids, find_unused_parameters=self.opt.get('find_unused_parameters', False))
+        elif self.opt['num_gpu'] > 1:
+            net = DataParallel(net)
+        return net
+
+
 @MODEL_REGISTRY.register()
-class MultiStageRestorationModel(SpeedSwitchesMixin, SRModel):
+class MultiStageRestorationModel(SpeedSwitchesMixin, DeviceSafeSRModel):
     """See the module docstring. ``model_type: MultiStageRestorationModel``."""
 
     default_grad_clip = False
@@ -78,6 +119,7 @@ class MultiStageRestorationModel(SpeedSwitchesMixin, SRModel):
         self.stage_weights = train_opt.get('stage_weights')
         self.use_grad_clip = train_opt.get('use_grad_clip', self.default_grad_clip)
         self.grad_clip_norm = float(train_opt.get('grad_clip_norm', 0.01))
+        self.batch_transforms = build_batch_transforms(self.opt)  # progressive patches, mixup (Restormer)
         self.setup_optimizers()
         self.setup_schedulers()
 
@@ -122,19 +164,8 @@ class MultiStageRestorationModel(SpeedSwitchesMixin, SRModel):
         self.optimizers.append(self.optimizer_g)
 
     def setup_schedulers(self):
-        sched_opt = dict(self.opt['train']['scheduler'])
-        sched_type = sched_opt.pop('type')
         for optimizer in self.optimizers:
-            if sched_type in ('MultiStepLR', 'MultiStepRestartLR'):
-                sched = bsr_lr_scheduler.MultiStepRestartLR(optimizer, **sched_opt)
-            elif sched_type == 'CosineAnnealingRestartLR':
-                sched = bsr_lr_scheduler.CosineAnnealingRestartLR(optimizer, **sched_opt)
-            elif sched_type in ('TrueCosineAnnealingLR', 'CosineAnnealingLR'):
-                sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **sched_opt)
-            else:
-                raise ConfigError(f"train.scheduler.type: unknown scheduler '{sched_type}', choose from "
-                                 "MultiStepLR, MultiStepRestartLR, CosineAnnealingRestartLR, TrueCosineAnnealingLR")
-            self.schedulers.append(sched)
+            self.schedulers.append(build_scheduler(optimizer, self.opt['train']['scheduler']))
 
     # ------------------------------------------------------------------ training step
     def compute_losses(self, preds, gt):
@@ -167,6 +198,8 @@ class MultiStageRestorationModel(SpeedSwitchesMixin, SRModel):
         return value
 
     def optimize_parameters(self, current_iter):
+        for transform in self.batch_transforms:
+            self.lq, self.gt = transform(current_iter, self.lq, self.gt)
         self.optimizer_g.zero_grad(set_to_none=True)
         l_total, loss_dict = self.with_compile_fallback(lambda: self._forward_backward(current_iter), self.optimizer_g)
         self._sync_loss_grads()
@@ -177,7 +210,37 @@ class MultiStageRestorationModel(SpeedSwitchesMixin, SRModel):
             self.model_ema(decay=self.ema_decay)
 
     def _forward_backward(self, current_iter):
-        """Forward (``amp`` autocast; compiled with ``train.compile``), losses in fp32, (scaled) backward."""
+        """Forward (``amp`` autocast; compiled with ``train.compile``), losses in fp32, (scaled) backward.
+
+        ``train.accumulate_grad_batches: N`` (default 1) splits the loaded batch (``batch_size_per_gpu``) into N
+        micro-batches run one after the other, each loss weighted by its share of the batch, and the optimizer
+        steps once: for losses that are means over samples and a network without batch statistics the gradient
+        is the whole batch's (only activation memory shrinks). So iterations, schedulers, logging, checkpoints and
+        resume count optimizer steps as without it. Under DDP the gradients are synchronised on the last
+        micro-batch only (``no_sync`` before). Returns the batch's losses (share-weighted sums)."""
+        from contextlib import nullcontext
+        n = accumulate_grad_batches(self.opt['train'])
+        lq, gt = self.lq, self.gt
+        parts = [(a, b) for a, b in zip(torch.tensor_split(lq, n), torch.tensor_split(gt, n)) if len(a)]
+        total, logs = 0, OrderedDict()
+        try:
+            for i, (self.lq, self.gt) in enumerate(parts):
+                share = len(self.lq) / len(lq)
+                last = i == len(parts) - 1
+                no_sync = self.net_g.no_sync() if isinstance(self.net_g, DistributedDataParallel) and not last \
+                    else nullcontext()
+                with no_sync:
+                    l_total, loss_dict = self._micro_batch(current_iter)
+                    self.backward(l_total * share if len(parts) > 1 else l_total)
+                total = total + l_total.detach() * share
+                for k, v in loss_dict.items():
+                    logs[k] = logs.get(k, 0) + (v.detach() if torch.is_tensor(v) else v) * share
+        finally:
+            self.lq, self.gt = lq, gt
+        return (total, logs) if len(parts) > 1 else (l_total, loss_dict)
+
+    def _micro_batch(self, current_iter):
+        """Forward and losses of ``self.lq`` / ``self.gt``; a non-finite loss stops training with a message."""
         with self.train_autocast():
             self.output = to_float(self.train_network()(self.lq))
         l_total, loss_dict = self.compute_losses(self.output, self.gt)
@@ -188,7 +251,6 @@ class MultiStageRestorationModel(SpeedSwitchesMixin, SRModel):
                 f'Non-finite loss at iteration {current_iter} ({terms}). Training stopped; the last saved '
                 f"checkpoint in {self.opt['path'].get('models')} is intact. Lower train.optim_g.lr or enable "
                 f'train.use_grad_clip{hint}, then resume with --auto_resume.')
-        self.backward(l_total)
         return l_total, loss_dict
 
     def _sync_loss_grads(self):
@@ -227,6 +289,18 @@ class MultiStageRestorationModel(SpeedSwitchesMixin, SRModel):
     def test_context(self):
         """Context of evaluation forward passes: autocast with ``amp`` / ``val.amp`` (outputs cast back to float)."""
         return self.eval_autocast()
+
+    @classmethod
+    def check_options(cls, opt):
+        """Checks of this model's own options, run by the launchers before basicsr creates anything."""
+        cls.tlc_options(opt)
+        if opt.get('is_train'):
+            build_batch_transforms(opt)
+            accumulate_grad_batches(opt.get('train') or {})
+            sched_type = ((opt.get('train') or {}).get('scheduler') or {}).get('type')
+            if sched_type not in SCHEDULERS:
+                raise ConfigError(f"train.scheduler.type: unknown scheduler '{sched_type}', choose from "
+                                  + ', '.join(SCHEDULERS))
 
     # ------------------------------------------------------------------ TLC at validation/test
     TLC_KEYS = ('enabled', 'train_size', 'base_size', 'fast_imp', 'compare')
@@ -295,20 +369,106 @@ class MultiStageRestorationModel(SpeedSwitchesMixin, SRModel):
             logger.warning('val.tlc with val.grids: each crop is restored separately, so TLC changes little; '
                            'set grids: false to restore whole images with TLC')
 
+    # ------------------------------------------------------------------ metrics and saved images
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        """basicsr's validation loop with the HINet/DRCNet releases' ``val`` keys:
+
+        - ``use_image`` (default true, as in basicsr and the releases): metrics on the 8-bit images that are saved.
+          ``false``: on the float output and GT (x 255, neither rounded nor clamped), which is how the releases'
+          SIDD PSNRs were computed; it reports a higher PSNR than the 8-bit images.
+        - ``rgb2bgr`` (default true): channel order of the images written and of the metric inputs (it matters
+          for ``test_y_channel``). We apply it to the float inputs too; the release passes its RGB float tensors
+          as they are.
+        - ``suffix``: file names in test as basicsr (``<img>_<suffix>.png``; ``suffix: ~`` -> ``<img>_<name>.png``);
+          when the key is absent, ``<img>.png`` as in the releases (basicsr would stop with ``KeyError``).
+        """
+        val_opt = self.opt['val']
+        rgb2bgr, use_image = val_opt.get('rgb2bgr', True), val_opt.get('use_image', True)
+        dataset_name = dataloader.dataset.opt['name']
+        metrics = val_opt.get('metrics')
+        if metrics is not None:
+            self._initialize_best_metric_results(dataset_name)
+            self.metric_results = {name: 0 for name in metrics}
+        count = 0
+        for count, val_data in enumerate(dataloader, 1):
+            img_name = os.path.splitext(os.path.basename(val_data['lq_path'][0]))[0]
+            self.feed_data(val_data)
+            self.test()
+            visuals = self.get_current_visuals()
+            floats = None  # computed before tensor2img, which clamps its input in place
+            if not use_image and metrics is not None and 'gt' in visuals:
+                floats = {k: _float_image(visuals[v], rgb2bgr) for k, v in (('img', 'result'), ('img2', 'gt'))}
+            images = {'img': tensor2img([visuals['result']], rgb2bgr=rgb2bgr)}
+            if 'gt' in visuals:
+                images['img2'] = tensor2img([visuals['gt']], rgb2bgr=rgb2bgr)
+                del self.gt
+            del self.lq, self.output
+            torch.cuda.empty_cache()  # as upstream (a no-op without CUDA)
+            if save_img:
+                imwrite(images['img'], self._visualization_path(dataset_name, img_name, current_iter))
+            if metrics is not None:
+                for name, metric_opt in metrics.items():
+                    self.metric_results[name] += calculate_metric(floats or images, metric_opt)
+        if metrics is not None and count:
+            for name in self.metric_results:
+                self.metric_results[name] /= count
+                self._update_best_metric_result(dataset_name, name, self.metric_results[name], current_iter)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+
+    def _visualization_path(self, dataset_name, img_name, current_iter):
+        root, val_opt = self.opt['path']['visualization'], self.opt['val']
+        if self.opt['is_train']:
+            return os.path.join(root, img_name, f'{img_name}_{current_iter}.png')
+        if 'suffix' not in val_opt:
+            return os.path.join(root, dataset_name, f'{img_name}.png')
+        return os.path.join(root, dataset_name, f"{img_name}_{val_opt['suffix'] or self.opt['name']}.png")
+
     # ------------------------------------------------------------------ checkpoints
     def load_network(self, net, load_path, strict=True, param_key='params'):
+        """basicsr's loading, plus: the releases' ``path.param_key`` (TLC/NAFNet's name for ``param_key_g``, used
+        when ``param_key_g`` is not set; ``~`` = the file is the state_dict itself) and one-line errors naming the
+        file: not a readable checkpoint, no entry under the chosen key (with the file's top-level keys), or keys and
+        shapes that do not fit ``network_g``."""
+        path_opt = self.opt.get('path') or {}
+        if param_key == 'params' and 'param_key_g' not in path_opt and 'param_key' in path_opt:
+            param_key = path_opt['param_key']
         if not os.path.isfile(load_path):
             raise ConfigError(f"path.pretrain_network_g: checkpoint '{load_path}' does not exist")
         try:
             super().load_network(net, load_path, strict, param_key)
-        except (RuntimeError, KeyError) as err:
-            loaded = torch.load(load_path, map_location='cpu', weights_only=False)
-            raise ConfigError(
-                f"Checkpoint '{load_path}' does not fit network_g "
-                f"({self.get_bare_model(net).__class__.__name__}): "
-                + describe_state_dict_mismatch(self.get_bare_model(net).state_dict(), loaded, param_key,
-                                               ignored_prefixes=getattr(self.get_bare_model(net),
-                                                                        'ignored_checkpoint_prefixes', ()))) from err
+        except Exception as err:  # noqa: BLE001  (diagnosed below; anything else is re-raised)
+            raise self._checkpoint_error(net, load_path, param_key, err) from err
+
+    def _checkpoint_error(self, net, load_path, param_key, err):
+        where = f"path.pretrain_network_g: checkpoint '{load_path}'"
+        try:
+            loaded = torch.load(load_path, map_location='cpu', weights_only=True)
+        except Exception as read_err:  # noqa: BLE001  (random bytes, text, a truncated file, an arbitrary pickle)
+            text = str(read_err)
+            if 'WeightsUnpickler error:' in text:  # torch's weights-only unpickler: the reason follows this marker
+                text = text.split('WeightsUnpickler error:', 1)[1]
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            reason = f'{type(read_err).__name__}: {lines[0].split(". ")[0] if lines else "unreadable"}'
+            return ConfigError(f'{where} is not a PyTorch checkpoint of weights that can be read ({reason[:200]})')
+        if not isinstance(loaded, dict):
+            return ConfigError(f'{where} holds a {type(loaded).__name__}, not a dict of weights')
+        tensors_at_top = any(hasattr(v, 'shape') for v in loaded.values())
+        if param_key is not None and param_key not in loaded and 'params' not in loaded:
+            weights = [k for k, v in loaded.items() if isinstance(v, dict) and any(hasattr(t, 'shape')
+                                                                                   for t in v.values())]
+            hint = (f'path.param_key: {weights[0]}' if weights else 'path.param_key: ~ (the file is the state_dict)'
+                    if tensors_at_top else 'path.param_key')
+            keys = sorted(map(str, loaded))
+            return ConfigError(f"{where} has no '{param_key}' entry; its top-level keys are "
+                               f"{keys[:8]}{' ...' if len(keys) > 8 else ''}. Select the entry holding the weights "
+                               f'with {hint} (or path.param_key_g)')
+        bare = self.get_bare_model(net)
+        if not isinstance(err, (RuntimeError, KeyError)):
+            raise err
+        return ConfigError(
+            f'{where} does not fit network_g ({bare.__class__.__name__}): '
+            + describe_state_dict_mismatch(bare.state_dict(), loaded, param_key,
+                                           ignored_prefixes=getattr(bare, 'ignored_checkpoint_prefixes', ())))
 
     @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):
@@ -356,3 +516,9 @@ class ImageRestorationModel(MultiStageRestorationModel):
     """
 
     default_grad_clip = True
+
+
+@MODEL_REGISTRY.register()
+class ImageCleanModel(ImageRestorationModel):
+    """The Restormer release's model name (its option files say ``model_type: ImageCleanModel``); the same model,
+    with gradient clipping on by default as there (``train.use_grad_clip``, max-norm 0.01)."""

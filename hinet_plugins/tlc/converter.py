@@ -7,6 +7,7 @@ architecture: it walks ``named_modules`` and swaps, in place,
     nn.AdaptiveMaxPool2d(1)   -> LocalMaxPool2d      (CBAM's max branch)
     nn.InstanceNorm2d         -> LocalInstanceNorm2d (HIN; affine or not)
     nn.GroupNorm              -> LocalGroupNorm      (incl. GroupNorm(1, C) = LayerNorm over C, H, W)
+    archs.blocks.TransposedAttention -> LocalTransposedAttention (Restormer's MDTA: attention per window, Sec. 3.3)
 
 then calibrates every swapped layer by ONE forward pass of a ``train_size`` input (paper Sec. 4.2): a layer whose
 feature map there is ``h x w`` gets the window ``(h * base_h // train_h, w * base_w // train_w)``, i.e. its feature
@@ -25,21 +26,29 @@ Decisions (documented here because the paper does not settle them):
 - Reported, not converted ("unsupported", with a warning and in ``TLCConversion.unsupported``): global
   aggregations met during the calibration pass that have no local form here, found by watching torch calls
   (``TorchFunctionMode``) inside every module: adaptive pooling to a size other than 1, functional
-  instance/group norm, layer norm over space, batch norm with batch statistics, and mean/sum/max/min/var/std
-  reductions over both spatial axes of a 4-D tensor (e.g. SimAM). Reductions after a reshape are not detected.
+  instance/group norm, layer norm over space, batch norm with batch statistics, mean/sum/max/min/var/std
+  reductions over both spatial axes of a 4-D tensor (e.g. SimAM), and matrix products (matmul, bmm, einsum,
+  scaled_dot_product_attention) that sum over as many positions as a feature map entering a running module has
+  (H*W): a transposed or spatial self-attention written without ``TransposedAttention``. Reductions after a
+  reshape are not detected.
+- Attention is localisable when it is built on the shared ``archs.blocks.TransposedAttention`` (a parameter-free
+  module taking q, k, v of shape (N, heads, C_h, H, W) and the temperature): the converter swaps that module only,
+  so the block's convolutions, its ``temperature`` and every state_dict key stay where they are. That is the whole
+  protocol for a new attention block: compute q, k, v on the full map, call a ``TransposedAttention`` submodule.
 - A module called at several feature sizes in one forward keeps the window of its first call (reported in
   ``notes``).
 - Window maxima are exact even in fast mode; pooled maps are full size (N, C, H, W), so SE-like blocks must
   broadcast the pooled tensor (1x1-conv MLP), not ``view`` it to (N, C).
 """
-import inspect
 import warnings
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from .local_ops import (FAST_STRIDES, fast_stride, local_avg_pool, local_group_norm, local_instance_norm,
+from ..archs.blocks import TransposedAttention
+from .global_ops import GlobalOpWatcher
+from .local_attention import local_transposed_attention
+from .local_ops import (FAST_STRIDES, covers, fast_stride, local_avg_pool, local_group_norm, local_instance_norm,
                         local_max_pool, pair)
 
 
@@ -118,6 +127,20 @@ class LocalGroupNorm(_LocalNorm):
                                 self.stride(x))
 
 
+class LocalTransposedAttention(LocalOp):
+    """Replaces ``archs.blocks.TransposedAttention`` (Restormer's MDTA core): windowed attention, see
+    ``local_ops.local_transposed_attention``. The window is calibrated on the size of q (the attention block's
+    input size: the 1x1 and depthwise convs that make q, k, v keep it and run on the full map, as in the
+    release). Fast mode samples each window's correlations on a strided grid."""
+
+    def forward(self, q, k, v, temperature):
+        if self._seen is not None:
+            self._seen.append(tuple(q.shape[-2:]))
+        if self.training or self.kernel_size is None or covers(self.kernel_size, q):
+            return self.original(q, k, v, temperature)
+        return local_transposed_attention(q, k, v, temperature, self.kernel_size, self.stride(q))
+
+
 def _local_class(module):
     """The local replacement for a module, or None if it is not a supported global op."""
     if isinstance(module, LocalOp):
@@ -131,89 +154,9 @@ def _local_class(module):
         return LocalInstanceNorm2d
     if isinstance(module, nn.GroupNorm):
         return LocalGroupNorm
+    if isinstance(module, TransposedAttention):
+        return LocalTransposedAttention
     return None
-
-
-# ---------------------------------------------------------------- detection of unsupported global ops
-_REDUCTIONS = {'mean', 'sum', 'amax', 'amin', 'max', 'min', 'var', 'std', 'var_mean', 'std_mean', 'logsumexp',
-               'nanmean', 'nansum'}
-
-
-def _bound(func, args, kwargs):
-    try:
-        return inspect.signature(func).bind(*args, **kwargs).arguments
-    except (TypeError, ValueError):
-        return {}
-
-
-def _spatial(t):
-    return isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[-2] > 1 and t.shape[-1] > 1
-
-
-def _global_call(func, args, kwargs):
-    """A description if this torch call aggregates over the whole spatial extent, else None."""
-    name = getattr(func, '__name__', '')
-    x = args[0] if args else None
-    if not _spatial(x):
-        return None
-    if name in ('adaptive_avg_pool2d', 'adaptive_max_pool2d', '_adaptive_max_pool2d',
-                'adaptive_max_pool2d_with_indices'):
-        out = args[1] if len(args) > 1 else kwargs.get('output_size')
-        out = (out, out) if isinstance(out, int) else tuple(out)
-        out = tuple(n if v is None else v for n, v in zip(x.shape[-2:], out))
-        return f'{name.strip("_")} to {out}' if out != tuple(x.shape[-2:]) else None
-    if name == 'instance_norm':
-        return 'instance_norm (functional)' if _bound(func, args, kwargs).get('use_input_stats', True) else None
-    if name == 'group_norm':
-        return 'group_norm (functional)'
-    if name == 'layer_norm':
-        shape = _bound(func, args, kwargs).get('normalized_shape', ())
-        return f'layer_norm over {tuple(shape)} (includes H, W)' if len(tuple(shape)) >= 2 else None
-    if name == 'batch_norm':
-        return 'batch_norm with batch statistics' if _bound(func, args, kwargs).get('training') else None
-    if name in _REDUCTIONS:
-        dim = kwargs.get('dim', args[1] if len(args) > 1 else None)
-        if isinstance(dim, torch.Tensor):  # torch.max(a, b): elementwise
-            return None
-        if dim is None:
-            return f'{name} over the whole tensor'
-        dims = dim if isinstance(dim, (list, tuple)) else (dim,)
-        if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
-            return None
-        return f'{name} over H, W' if {2, 3} <= {d % 4 for d in dims} else None
-    return None
-
-
-class _GlobalOpWatcher(TorchFunctionMode):
-    """Records global aggregations made by modules other than the local ops during the calibration pass."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.stack, self.found, self.handles = [], {}, []
-        for name, module in model.named_modules():
-            self.handles.append(module.register_forward_pre_hook(self._enter(name, module)))
-            self.handles.append(module.register_forward_hook(self._leave))
-
-    def _enter(self, name, module):
-        def hook(*_):
-            self.stack.append((name, module))
-        return hook
-
-    def _leave(self, *_):
-        self.stack.pop()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if self.stack and not any(isinstance(m, LocalOp) for _, m in self.stack):
-            what = _global_call(func, args, kwargs)
-            if what:
-                name, module = self.stack[-1]
-                self.found.setdefault(f'{name or "<root>"} ({type(module).__name__}): {what}', None)
-        return func(*args, **kwargs)
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
 
 
 # ---------------------------------------------------------------- conversion
@@ -328,7 +271,7 @@ def convert(model, train_size, base_size=None, fast_imp=False, calib_input=None,
 def _calibrate(model, conv, calib_input):
     x = calib_input if calib_input is not None else _calibration_input(model, conv.train_size)
     modes = {m: m.training for m in model.modules()}
-    watcher = _GlobalOpWatcher(model)
+    watcher = GlobalOpWatcher(model, skip=(LocalOp,))
     try:
         model.eval()
         with torch.no_grad(), watcher:

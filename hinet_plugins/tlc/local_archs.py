@@ -12,7 +12,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from ..errors import ConfigError
 from .converter import convert
 
-BASE_ARCHS = ('HINet', 'HINetSimple', 'MPRNet', 'DRCNet', 'FCN')
+BASE_ARCHS = ('HINet', 'HINetSimple', 'MPRNet', 'DRCNet', 'FCN', 'Restormer', 'NAFNet', 'Baseline')
 
 
 def _make_local(base):

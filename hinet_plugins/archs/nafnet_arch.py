@@ -1,0 +1,190 @@
+"""NAFNet and its Baseline (Chen, Chu, Zhang, Sun, "Simple Baselines for Image Restoration", ECCV 2022).
+
+A single U-Net of pre-norm blocks: ``intro`` (3x3) -> per level a stack of blocks and a 2x2 stride-2 conv that
+doubles the channels -> ``middle_blks`` -> per level a 1x1 conv to 2x channels + PixelShuffle(2), the encoder
+feature of that level **added**, a stack of blocks -> ``ending`` (3x3) + the input image. One output image.
+
+- ``NAFBlock`` (the paper's "nonlinear activation free" block): LayerNorm -> 1x1 c->2c -> depthwise 3x3 ->
+  ``SimpleGate`` (split the channels in two halves, multiply them) -> simplified channel attention ``sca``
+  (global average pool, then a 1x1 conv with bias, multiplied in; no MLP, no sigmoid) -> 1x1 -> ``x + out * beta``;
+  then LayerNorm -> 1x1 c->2c -> SimpleGate -> 1x1 -> ``y + out * gamma``.
+- ``BaselineBlock`` (the paper's baseline): the same skeleton with GELU instead of SimpleGate and a squeeze-excitation
+  ``se`` (pool -> 1x1 c->c/2 -> ReLU -> 1x1 -> sigmoid); widths ``dw_expand`` / ``ffn_expand`` (no halving).
+
+Reading chosen: the public release (megvii-research/NAFNet), so its checkpoints (``params`` key; basicsr strips a
+leading ``module.``) load with ``strict=True``: constructor keywords and attribute names as there, and the key
+order of its state_dict (``intro, ending, encoders, decoders, middle_blks, ups, downs``; in a block ``beta,
+gamma`` first). ``beta`` and ``gamma`` (1, c, 1, 1) start at zero, so every block of a fresh network is the
+identity. All convs have a bias except the up-sampling 1x1. The release's dropout (rate 0 in every
+option file) is left out: it has no parameters. LayerNorm2d (over the channels of each pixel, biased variance,
+eps 1e-6) is the shared ``ChannelLayerNorm``, i.e. torch's fused ``layer_norm`` instead of the release's
+hand-written autograd function (same values, no warning on today's torch).
+
+Any input size: as in the release, the input is **zero**-padded bottom/right to a multiple of 2^len(enc_blk_nums)
+and the output cropped back. ``grad_checkpoint`` (set by the model for ``train.grad_checkpoint``): every block runs
+under activation checkpointing (``blocks.checkpoint_call``). The only global operation is the average pool of
+``sca`` / ``se`` (an ``nn.AdaptiveAvgPool2d(1)``), which TLC localises: ``NAFNetLocal`` / ``BaselineLocal`` are
+built by ``hinet_plugins.tlc.local_archs`` (windows = each pool's feature size for a 1.5 x ``train_size`` input, so
+up to that input size, and always in training mode, the local network computes exactly the plain one).
+"""
+import torch
+from basicsr.utils.registry import ARCH_REGISTRY
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError
+from .blocks import ChannelLayerNorm, checkpoint_call
+
+
+class SimpleGate(nn.Module):
+    """Split the channels into two halves and multiply them (the paper's SimpleGate)."""
+
+    def forward(self, x):
+        x1, x2 = x.chunk(2, dim=1)
+        return x1 * x2
+
+
+class _PreNormBlock(nn.Module):
+    """The skeleton NAFBlock and BaselineBlock share: two residual branches, each LayerNorm -> ... -> * scale."""
+
+    def __init__(self, c):
+        super().__init__()
+        # registered first: the release's blocks list beta, gamma before their submodules
+        self.beta = nn.Parameter(torch.zeros((1, c, 1, 1)))
+        self.gamma = nn.Parameter(torch.zeros((1, c, 1, 1)))
+
+    def _norms(self, c):
+        self.norm1 = ChannelLayerNorm(c, eps=1e-6)
+        self.norm2 = ChannelLayerNorm(c, eps=1e-6)
+
+    def forward(self, inp):
+        x = self.conv2(self.conv1(self.norm1(inp)))
+        x = self.conv3(self.attend(x))
+        y = inp + x * self.beta
+        x = self.conv5(self.activate(self.conv4(self.norm2(y))))
+        return y + x * self.gamma
+
+
+class NAFBlock(_PreNormBlock):
+    def __init__(self, c, DW_Expand=2, FFN_Expand=2):  # noqa: N803  (the release's keywords)
+        super().__init__(c)
+        dw, ffn = c * DW_Expand, c * FFN_Expand
+        self.conv1 = nn.Conv2d(c, dw, 1)
+        self.conv2 = nn.Conv2d(dw, dw, 3, padding=1, groups=dw)
+        self.conv3 = nn.Conv2d(dw // 2, c, 1)
+        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dw // 2, dw // 2, 1))
+        self.sg = SimpleGate()
+        self.conv4 = nn.Conv2d(c, ffn, 1)
+        self.conv5 = nn.Conv2d(ffn // 2, c, 1)
+        self._norms(c)
+
+    def attend(self, x):
+        x = self.sg(x)
+        return x * self.sca(x)
+
+    def activate(self, x):
+        return self.sg(x)
+
+
+class BaselineBlock(_PreNormBlock):
+    def __init__(self, c, DW_Expand=1, FFN_Expand=2):  # noqa: N803  (the release's keywords)
+        super().__init__(c)
+        dw, ffn = c * DW_Expand, c * FFN_Expand
+        self.conv1 = nn.Conv2d(c, dw, 1)
+        self.conv2 = nn.Conv2d(dw, dw, 3, padding=1, groups=dw)
+        self.conv3 = nn.Conv2d(dw, c, 1)
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dw, dw // 2, 1), nn.ReLU(inplace=True),
+                                nn.Conv2d(dw // 2, dw, 1), nn.Sigmoid())
+        self.gelu = nn.GELU()
+        self.conv4 = nn.Conv2d(c, ffn, 1)
+        self.conv5 = nn.Conv2d(ffn, c, 1)
+        self._norms(c)
+
+    def attend(self, x):
+        x = self.gelu(x)
+        return x * self.se(x)
+
+    def activate(self, x):
+        return self.gelu(x)
+
+
+class _UNet(nn.Module):
+    grad_checkpoint = False  # set by the model for ``train.grad_checkpoint``: every block is checkpointed
+
+    def __init__(self, make_block, img_channel, width, middle_blk_num, enc_blk_nums, dec_blk_nums):
+        super().__init__()
+        if len(enc_blk_nums) != len(dec_blk_nums):
+            raise ConfigError(f'network_g.dec_blk_nums: one entry per level of enc_blk_nums is needed, got '
+                              f'enc_blk_nums {list(enc_blk_nums)} and dec_blk_nums {list(dec_blk_nums)}')
+        self.intro = nn.Conv2d(img_channel, width, 3, padding=1)
+        self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
+        self.encoders, self.decoders = nn.ModuleList(), nn.ModuleList()
+        self.middle_blks = nn.ModuleList()  # replaced below; created here for the release's key order
+        self.ups, self.downs = nn.ModuleList(), nn.ModuleList()
+        chan = width
+        for num in enc_blk_nums:
+            self.encoders.append(nn.Sequential(*[make_block(chan) for _ in range(num)]))
+            self.downs.append(nn.Conv2d(chan, 2 * chan, 2, stride=2))
+            chan *= 2
+        self.middle_blks = nn.Sequential(*[make_block(chan) for _ in range(middle_blk_num)])
+        for num in dec_blk_nums:
+            self.ups.append(nn.Sequential(nn.Conv2d(chan, chan * 2, 1, bias=False), nn.PixelShuffle(2)))
+            chan //= 2
+            self.decoders.append(nn.Sequential(*[make_block(chan) for _ in range(num)]))
+        self.padder_size = 2 ** len(self.encoders)
+
+    def _blocks(self, stack, x):
+        for block in stack:
+            x = checkpoint_call(self, block, x)
+        return x
+
+    def forward(self, inp):
+        h, w = inp.shape[-2:]
+        inp = F.pad(inp, (0, (-w) % self.padder_size, 0, (-h) % self.padder_size))  # zeros, bottom/right
+        x = self.intro(inp)
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs):
+            x = self._blocks(encoder, x)
+            skips.append(x)
+            x = down(x)
+        x = self._blocks(self.middle_blks, x)
+        for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
+            x = self._blocks(decoder, up(x) + skip)
+        return (self.ending(x) + inp)[..., :h, :w]
+
+
+@ARCH_REGISTRY.register()
+class NAFNet(_UNet):
+    def __init__(self, img_channel=3, width=16, middle_blk_num=1, enc_blk_nums=(), dec_blk_nums=()):
+        super().__init__(NAFBlock, img_channel, width, middle_blk_num, enc_blk_nums, dec_blk_nums)
+
+
+@ARCH_REGISTRY.register()
+class Baseline(_UNet):
+    def __init__(self, img_channel=3, width=16, middle_blk_num=1, enc_blk_nums=(), dec_blk_nums=(), dw_expand=1,
+                 ffn_expand=2):
+        super().__init__(lambda c: BaselineBlock(c, dw_expand, ffn_expand), img_channel, width, middle_blk_num,
+                         enc_blk_nums, dec_blk_nums)
+
+
+_GOPRO = dict(enc_blk_nums=[1, 1, 1, 28], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1])
+_SIDD = dict(enc_blk_nums=[2, 2, 4, 8], middle_blk_num=12, dec_blk_nums=[2, 2, 2, 2])
+
+# Rows of scripts/complexity.py (params and MACs at 1x3x256x256): the release's option files. The parameter counts
+# are the release's; the MACs of its README/paper are not given for these exact files here, so none is compared.
+COMPLEXITY_PRESETS = [
+    dict(label='NAFNet GoPro/REDS width 32', opt={'type': 'NAFNet', 'width': 32, **_GOPRO}, ref_params=17_111_907,
+         ref_macs_g=None, note='release options/train/GoPro/NAFNet-width32.yml; params: release'),
+    dict(label='NAFNet GoPro/REDS width 64', opt={'type': 'NAFNet', 'width': 64, **_GOPRO}, ref_params=67_888_835,
+         ref_macs_g=None, note='release options/train/GoPro/NAFNet-width64.yml; params: release'),
+    dict(label='NAFNet SIDD width 32', opt={'type': 'NAFNet', 'width': 32, **_SIDD}, ref_params=29_159_715,
+         ref_macs_g=None, note='release options/train/SIDD/NAFNet-width32.yml; params: release'),
+    dict(label='NAFNet SIDD width 64', opt={'type': 'NAFNet', 'width': 64, **_SIDD}, ref_params=115_982_915,
+         ref_macs_g=None, note='release options/train/SIDD/NAFNet-width64.yml; params: release'),
+    dict(label='Baseline GoPro width 32', opt={'type': 'Baseline', 'width': 32, 'dw_expand': 1, **_GOPRO},
+         ref_params=17_023_875, ref_macs_g=None,
+         note='release options/train/GoPro/Baseline-width32.yml (dw_expand 1); params: release'),
+    dict(label='Baseline GoPro width 64', opt={'type': 'Baseline', 'width': 64, 'dw_expand': 2, **_GOPRO},
+         ref_params=112_036_291, ref_macs_g=None,
+         note='release options/train/GoPro/Baseline-width64.yml (dw_expand 2); params: release'),
+]

@@ -1,0 +1,77 @@
+"""The demo's report: score every method on the held-out photos and print it as markdown tables.
+
+A *method* is a column: the noisy input itself, the classical baselines (``data/demo_baselines``) and each trained
+network with and without TLC. PSNR / SSIM are basicsr's ``calculate_psnr`` / ``calculate_ssim`` on the RGB
+uint8 images (crop border 0, not the Y channel), the same as the training's validation. The verdict line compares
+the best trained network with BM3D, whichever wins, as measured.
+"""
+import numpy as np
+from basicsr.metrics import calculate_psnr, calculate_ssim
+
+INPUT = 'noisy input'
+
+
+def score(out, gt):
+    """(PSNR, SSIM) of one uint8 image against its ground truth."""
+    return float(calculate_psnr(out, gt, 0)), float(calculate_ssim(out, gt, 0))
+
+
+def score_photo(name, gt, lq, outputs):
+    """One row: ``outputs`` maps method -> restored image; the noisy input is scored first."""
+    scores = {INPUT: score(lq, gt)}
+    scores.update({method: score(img, gt) for method, img in outputs.items()})
+    return {'photo': f'{name} {gt.shape[1]}x{gt.shape[0]}', 'scores': scores}
+
+
+def mean_scores(rows):
+    methods = list(rows[0]['scores'])
+    return {m: tuple(float(np.mean([r['scores'][m][i] for r in rows])) for i in (0, 1)) for m in methods}
+
+
+def results_table(rows):
+    """Markdown: one line per photo and a bold mean line; each cell is ``PSNR / SSIM`` of one method."""
+    methods = list(rows[0]['scores'])
+    mean = mean_scores(rows)
+    lines = ['| photo | ' + ' | '.join(methods) + ' |', '|' + '---|' * (len(methods) + 1)]
+
+    def cells(scores, bold):
+        fmt = '**{:.2f}** / {:.4f}' if bold else '{:.2f} / {:.4f}'
+        return ' | '.join(fmt.format(*scores[m]) for m in methods)
+
+    for r in rows:
+        lines.append(f"| {r['photo']} | {cells(r['scores'], False)} |")
+    lines.append(f'| **mean** | {cells(mean, True)} |')
+    return '\n'.join(lines)
+
+
+def networks_table(networks):
+    """``networks``: list of dicts (name, arch, params, iterations, train_s, psnr, gain) -> markdown. The time is
+    the launcher's whole run (start-up, data loading and the periodic validations included)."""
+    lines = ['| network | parameters | iterations | wall time of basicsr/train.py | mean PSNR (dB) | '
+             'gain over input (dB) |',
+             '|---|---|---|---|---|---|']
+    for n in networks:
+        lines.append(f"| {n['name']} ({n['arch']}) | {n['params']:,} | {n['iterations']} | "
+                     f"{n['train_s']:.0f} s | "
+                     f"{n['psnr']:.2f} | {n['gain']:+.2f} |")
+    return '\n'.join(lines)
+
+
+def verdict(mean, networks, reference='BM3D'):
+    """One sentence: does the best trained network (with or without TLC) beat ``reference`` on the mean PSNR?"""
+    if reference not in mean or not networks:
+        return ''
+    candidates = [m for m in mean if any(m == n or m.startswith(n + '+') for n in networks)]
+    best = max(candidates, key=lambda m: mean[m][0])
+    diff = mean[best][0] - mean[reference][0]
+    word = 'beats' if diff > 0 else 'does not beat'
+    return (f'Best trained network: {best}, mean {mean[best][0]:.2f} dB; it {word} {reference} '
+            f'({mean[reference][0]:.2f} dB): {diff:+.2f} dB on these photos.')
+
+
+def contact_sheet(rows_of_images, gap=8):
+    """Stack rows (each a list of equally tall uint8 images, concatenated left to right) with white gaps."""
+    panels = [np.concatenate(images, axis=1) for images in rows_of_images]
+    width = max(p.shape[1] for p in panels)
+    return np.concatenate([np.pad(p, ((0, gap), (0, width - p.shape[1]), (0, 0)), constant_values=255)
+                           for p in panels], axis=0)

@@ -1,0 +1,174 @@
+"""ONNX export of any registered restoration network, optionally TLC-converted, with dynamic N, H and W.
+
+``export_onnx(net, path)`` traces the network with the TorchScript exporter (``torch.onnx.export(dynamo=False)``,
+opset 17) and marks the batch, height and width of the input and of the output as dynamic. The graph returns the
+last stage's output only (``LastStage``). The padding to the network's multiple (``pad_to_multiple`` in the archs,
+NAFNet's zero padding, ...) and the crop back are part of the traced graph: the tracer records the shape
+arithmetic (``(-h) % multiple``) as graph operations, so the padding follows the input size at run time. For that
+the trace input must need padding: export sizes are odd (a multiple of no power of two), which also makes the
+exporter record the pad instead of skipping it.
+
+Checks (the file is written only when they pass; a temporary file is renamed over ``path``): onnxruntime runs the
+file on ``check_sizes`` (two sizes different from the export size by default) and the largest absolute difference
+from the PyTorch forward must be at most ``atol`` (1e-4 in fp32). A module that cannot be exported, or whose graph
+computes something else than PyTorch, is named in the error: the search walks down the module tree, exporting each
+child alone on the inputs it received during a forward, and reports the deepest one that fails, with the reason
+(the exporter's message, or the difference it makes).
+
+TLC (``hinet_plugins.tlc``). The calibrated local layers are exported in their graph forms (``tlc_forms``: the
+same values through fixed-window pooling; the network given is not modified). The local operators branch in Python
+on sizes (a window covering its whole map falls back to the global op); tracing keeps the branch taken at the
+export size, so the export size is chosen above the smallest input whose feature maps are all larger than their
+windows (``tlc_min_size``, about ``base_size``), and the graph is exact for inputs at least that large in both
+dimensions (stored in the file's metadata as ``hinet_plugins.min_input_size``); smaller inputs are not supported.
+The fast mode (``fast_imp``) picks its sampling stride from ``size % r``, which a dynamic graph cannot follow: it is
+refused.
+"""
+import os
+import tempfile
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..restore.loading import input_channels
+from ..restore.restoring import last_output
+from .locate import locate_problem
+from .tlc_forms import graph_forms
+from .trace import ATOL, OPSET, first_line, max_diff, onnx_export, run_onnx  # noqa: F401  (run_onnx: API)
+
+
+class LastStage(nn.Module):
+    """The network's last output only (multi-stage nets return a list)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return last_output(self.net(x))
+
+
+def registered_archs():
+    """Names of this package's architectures in ARCH_REGISTRY (the ``*Local`` TLC names excluded)."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+    return sorted(name for name, obj in ARCH_REGISTRY
+                  if getattr(obj, '__module__', '').startswith('hinet_plugins.archs'))
+
+
+def tlc_layers(net):
+    from ..tlc import LocalOp
+    return {name: m for name, m in net.named_modules() if isinstance(m, LocalOp)}
+
+
+def tlc_min_size(net, channels, probe=33):
+    """Smallest odd side above which every TLC window is smaller than its feature map (0 without TLC layers).
+
+    Feature sizes grow linearly with the input: one probe forward gives each local layer's feature/input ratio,
+    hence the side its window needs; a second forward at that side confirms it (and is enlarged if not)."""
+    layers = [m for m in tlc_layers(net).values() if m.kernel_size is not None]
+    if not layers:
+        return 0
+    side = probe
+    for _ in range(6):
+        seen = {}
+
+        def record(module, args, _seen=seen):
+            _seen.setdefault(module, tuple(args[0].shape[-2:]))
+        handles = [m.register_forward_pre_hook(record) for m in layers]
+        try:
+            with torch.no_grad():
+                net(torch.zeros(1, channels, side, side))
+        finally:
+            for h in handles:
+                h.remove()
+        pairs = [(k, f) for m, fs in seen.items() for k, f in zip(m.kernel_size, fs)]
+        if all(f > k for k, f in pairs):
+            return side
+        side = int(max([(k + 1) * side / f for k, f in pairs] + [side * 1.25])) + 1 | 1
+    raise ConfigError('TLC: could not find an input size whose feature maps are all larger than their windows')
+
+
+def default_sizes(min_side=0):
+    """(export size, [two check sizes]): odd sizes (never a multiple of the network's padding), above
+    ``min_side`` (the TLC bound), one check size smaller and one larger than the export size."""
+    lo = max(33, min_side + 2) | 1
+    return (lo + 8, lo + 12), [(lo, lo + 22), (lo + 16, lo + 2)]
+
+
+def export_onnx(net, path, size=None, check_sizes=None, opset=OPSET, atol=ATOL, metadata=None):
+    """Write ``net`` as ONNX with dynamic N, H, W (fp32 on the CPU: ``net`` is moved there and put in eval mode).
+
+    Returns {'path', 'size', 'diffs': {(h, w): max |ONNX - PyTorch|}}. Raises ConfigError (one line) when the
+    network cannot be exported or the exported graph disagrees with PyTorch, naming the module."""
+    layers = tlc_layers(net)
+    fast = sorted(n for n, m in layers.items() if m.fast_imp)
+    if fast:
+        raise ConfigError(f"TLC fast mode (fast_imp) cannot be exported with dynamic shapes: its sampling stride "
+                          f"depends on the feature size modulo 5..2 (layer '{fast[0]}'); export the exact TLC")
+    net = net.float().cpu().eval()
+    channels = input_channels(net)
+    min_side = tlc_min_size(net, channels)
+    auto_size, auto_checks = default_sizes(min_side)
+    size = tuple(size or auto_size)
+    check_sizes = [tuple(s) for s in (check_sizes or auto_checks)]
+    small = [s for s in [size] + check_sizes if min(s) < min_side]
+    if small:
+        raise ConfigError(f'with TLC the graph is valid for inputs of at least {min_side}x{min_side} (every window '
+                          f'smaller than its feature map); {small[0][0]}x{small[0][1]} is smaller')
+    reference = LastStage(net).eval()
+    graph_net, _ = graph_forms(net)
+    wrapper = LastStage(graph_net).eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, channels, *size, generator=gen)
+    checks = [torch.rand(1, channels, *s, generator=gen) for s in check_sizes]
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"output folder '{folder}' does not exist")
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    os.close(fd)
+    name = type(net).__name__
+    try:
+        try:
+            onnx_export(wrapper, [x], tmp, opset)
+        except Exception as err:  # noqa: BLE001
+            where = locate_problem(graph_net, [x], opset, atol)
+            raise ConfigError(_describe(name, where, first_line(err))) from None
+        diffs = {}
+        for s, t in zip(check_sizes, checks):
+            with torch.no_grad():
+                ref = reference(t)
+            try:
+                diffs[s] = max_diff(run_onnx(tmp, t), ref)
+            except Exception as err:  # noqa: BLE001
+                diffs[s] = float('inf')
+                first = first_line(err)
+            if diffs[s] > atol:
+                where = locate_problem(graph_net, [x, t], opset, atol)
+                reason = (f'max |ONNX - PyTorch| = {diffs[s]:.3g} at {s[0]}x{s[1]} (tolerance {atol:g})'
+                          if diffs[s] != float('inf') else f'onnxruntime fails at {s[0]}x{s[1]}: {first}')
+                raise ConfigError(_describe(name, where, reason))
+        _add_metadata(tmp, dict(metadata or {}, export_size=f'{size[0]}x{size[1]}', opset=str(opset),
+                                min_input_size=f'{min_side}x{min_side}' if min_side else 'none'))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return {'path': path, 'size': size, 'diffs': diffs, 'min_input_size': min_side}
+
+
+def _describe(name, where, reason):
+    if where is None:
+        return f'cannot export {name} to ONNX: {reason}'
+    module, cls, why = where
+    why = why.split(', scope:')[0] + ("'" if ', scope:' in why and why.count("'") % 2 else '')
+    return f"cannot export {name} to ONNX: module '{module}' ({cls}): {why}"
+
+
+def _add_metadata(path, items):
+    import onnx
+    model = onnx.load(path)
+    for key, value in items.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f'hinet_plugins.{key}', str(value)
+    onnx.save(model, path)

@@ -1,0 +1,160 @@
+"""Build a registered network and load its weights, from an option file or from an arch name + options + checkpoint.
+
+Model sources, in the order they override each other:
+
+1. an option file (``opt``): ``network_g``, ``path.pretrain_network_g``, ``path.param_key_g`` (default 'params'),
+   ``path.strict_load_g`` (default true) and ``val.tlc`` (read as validation reads it);
+2. ``arch`` (a registered name; replaces ``network_g`` unless it names the same type), ``arch_opt`` (keyword
+   arguments added to ``network_g``), ``checkpoint``, ``param_key``, ``tlc`` (a mapping: train_size, base_size,
+   fast_imp).
+
+Release formats: the state_dict is ``ckpt[param_key]`` or the first of 'params', 'params_ema', 'state_dict',
+'model' that holds one (MPRNet's ``{'epoch', 'state_dict', 'optimizer'}`` files, BasicSR's EMA weights), or the
+file itself when it is a bare state_dict; a leading ``module.`` (DataParallel/DDP) is removed
+(``hinet_plugins.utils.checkpoint.unwrap_state_dict``). Files are read with ``weights_only=True``: a checkpoint
+can never run code. Every mistake is a ``ConfigError`` naming the file or the option.
+"""
+import os
+
+import torch
+import yaml
+
+from ..errors import ConfigError
+from ..utils.checkpoint import describe_state_dict_mismatch, unwrap_state_dict
+
+TLC_KEYS = ('train_size', 'base_size', 'fast_imp')
+
+
+def parse_key_values(items, flag='--arch-opt'):
+    """['wf=32', 'depth=4'] -> {'wf': 32, 'depth': 4} (values read as YAML)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = str(item).partition('=')
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects key=value, got '{item}'")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"{flag} {item}: the value is not valid YAML") from None
+    return out
+
+
+def network_spec(opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=None, tlc=None):
+    """What to build and load: {'network_g', 'checkpoint', 'param_key', 'strict', 'tlc'} (see the module doc).
+
+    ``opt`` is an option-file path or an already loaded option dict. ``tlc`` True uses the option file's
+    ``val.tlc`` settings (train_size etc.), a mapping overrides them key by key, False switches TLC off."""
+    net_opt, ckpt, key, strict, tlc_opt = None, None, 'params', True, None
+    if opt is not None:
+        from ..models.restoration_model import MultiStageRestorationModel
+        from ..options_check import load_yaml
+        where = opt if isinstance(opt, str) else 'options'
+        opt = load_yaml(opt) if isinstance(opt, str) else opt
+        if not isinstance(opt.get('network_g'), dict):
+            raise ConfigError(f'{where}: network_g is missing')
+        net_opt = dict(opt['network_g'])
+        path = opt.get('path') or {}
+        ckpt, key = path.get('pretrain_network_g'), path.get('param_key_g') or 'params'
+        strict = path.get('strict_load_g', True) is not False
+        tlc_opt = MultiStageRestorationModel.tlc_options(opt)
+    if arch:
+        net_opt = net_opt if net_opt is not None and net_opt.get('type') == arch else {'type': arch}
+    if net_opt is None:
+        raise ConfigError('give the model: an option file (-opt) or an architecture name (--arch) + checkpoint')
+    net_opt.update(arch_opt or {})
+    if tlc is False:
+        tlc_opt = None
+    elif tlc is not None:
+        given = {} if tlc is True else dict(tlc)
+        unknown = sorted(set(given) - set(TLC_KEYS))
+        if unknown:
+            raise ConfigError(f'tlc: unknown key(s) {unknown}; expected {list(TLC_KEYS)}')
+        merged = {k: v for k, v in (tlc_opt or {}).items() if k in TLC_KEYS}
+        merged.update({k: v for k, v in given.items() if v is not None})
+        if not merged.get('train_size'):
+            raise ConfigError('TLC needs the training patch size: --train-size (or val.tlc.train_size)')
+        tlc_opt = merged
+    if tlc_opt is not None:
+        tlc_opt = {k: tlc_opt.get(k) for k in TLC_KEYS}
+    return {'network_g': net_opt, 'checkpoint': checkpoint or ckpt, 'param_key': param_key or key,
+            'strict': strict, 'tlc': tlc_opt}
+
+
+def build_net(net_opt):
+    """``network_g`` -> the network (registry lookup), constructor mistakes -> ConfigError naming ``network_g``."""
+    from basicsr.archs import build_network
+    from basicsr.utils.registry import ARCH_REGISTRY
+    if net_opt.get('type') not in ARCH_REGISTRY:
+        names = ', '.join(sorted(name for name, _ in ARCH_REGISTRY))
+        raise ConfigError(f"network type '{net_opt.get('type')}' is not registered. Registered: {names}")
+    try:
+        return build_network(dict(net_opt))
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"network_g: cannot build {net_opt['type']} with {net_opt}: {err}") from None
+
+
+def read_checkpoint(path):
+    """The object in a checkpoint file (weights only); a missing or unreadable file -> ConfigError naming it."""
+    if not path:
+        raise ConfigError('no checkpoint: give --checkpoint or path.pretrain_network_g in the option file')
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint '{path}' does not exist")
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # noqa: BLE001  (unpickling, truncated zip, not a torch file, ...)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"checkpoint '{path}' cannot be loaded as a torch checkpoint: {reason}") from None
+
+
+def load_weights(net, path, param_key='params', strict=True, name=None):
+    """Load ``path`` into ``net`` (release formats, see the module doc); a mismatch lists the keys/shapes."""
+    loaded = read_checkpoint(path)
+    state = unwrap_state_dict(loaded, param_key)
+    if not state:
+        raise ConfigError(f"checkpoint '{path}' holds no tensors under '{param_key}' (nor params, params_ema, "
+                          'state_dict, model)')
+    try:
+        net.load_state_dict(state, strict=strict)
+    except RuntimeError:
+        ignored = getattr(net, 'ignored_checkpoint_prefixes', ())
+        raise ConfigError(f"checkpoint '{path}' does not fit {name or type(net).__name__}: "
+                          + describe_state_dict_mismatch(net.state_dict(), loaded, param_key,
+                                                         ignored_prefixes=ignored)) from None
+    return net
+
+
+def apply_tlc(net, tlc):
+    """Convert ``net`` in place with TLC (``hinet_plugins.tlc.convert``); returns the conversion's summary line."""
+    from ..tlc import convert
+    try:
+        conversion = convert(net, tlc['train_size'], tlc.get('base_size'), bool(tlc.get('fast_imp')), warn=False)
+    except ValueError as err:
+        raise ConfigError(f'TLC: {err}') from None
+    return conversion.summary().splitlines()[0]
+
+
+def load_network(opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=None, tlc=None, device='cpu',
+                 require_checkpoint=True):
+    """The network in eval mode on ``device``, weights loaded and TLC applied, and a one-line description.
+
+    ``require_checkpoint=False`` allows random weights when no checkpoint is given (export tests, benchmarks)."""
+    spec = network_spec(opt, arch, arch_opt, checkpoint, param_key, tlc)
+    net = build_net(spec['network_g'])
+    desc = spec['network_g']['type']
+    if spec['checkpoint'] or require_checkpoint:
+        load_weights(net, spec['checkpoint'], spec['param_key'], spec['strict'], name=f"{desc} {spec['network_g']}")
+        desc += f" from '{spec['checkpoint']}'"
+    else:
+        desc += ' (random weights)'
+    net.eval().to(device)
+    if spec['tlc']:
+        desc += '; ' + apply_tlc(net, spec['tlc'])
+    return net, desc
+
+
+def input_channels(net):
+    """Channels the network takes: those of its first convolution (3 when it has none)."""
+    conv = next((m for m in net.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None)
+    return conv.in_channels if conv is not None else 3

@@ -1,0 +1,164 @@
+"""Restore image arrays and tensors with a loaded network: tiling, x8 self-ensemble, amp.
+
+Images. ``restore_image`` takes an H x W (gray), H x W x 3 (RGB, or BGR with ``channel_order='bgr'`` as cv2
+reads it) or H x W x 4 (the same + alpha) array of uint8, uint16 or float (taken as [0, 1]) and returns the same
+shape and dtype. Gray is restored as replicated RGB by a 3-channel net and returned as the mean of the restored
+channels; a 1-channel net restores gray as it is and colour channel by channel; alpha is passed through untouched.
+Integer outputs are rounded (``round(clamp(y, 0, 1) * max)``: what basicsr's ``tensor2img`` does for uint8).
+
+Choices:
+- ``tile``: overlapping ``tile`` x ``tile`` crops merged with linear blending weights in the overlaps
+  (``utils.tiling.tiled_forward``); instance-normalised nets see per-tile statistics, so tiles are close to, not
+  equal to, the whole-image result.
+- ``self_ensemble``: the x8 geometric ensemble (4 rotations x horizontal flip); each prediction is mapped back
+  and the eight are averaged (arithmetic mean, as in the HINet/MPRNet-era test scripts).
+- ``amp``: 'bf16' (CPU or GPU) or 'fp16' (GPU only) autocast of the forward; outputs are cast back to float32
+  before the ensemble average and the clamp. Anything else (or fp16 without a GPU) is a ConfigError.
+"""
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..models.speed import AMP_DTYPES, OFF, autocast
+from ..utils.tiling import tiled_forward
+from .loading import input_channels, load_network
+
+SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def amp_dtype(amp, device, key='amp'):
+    """'bf16' / 'fp16' / None -> torch dtype or None for ``device``; mistakes -> ConfigError naming ``key``."""
+    if amp in OFF:
+        return None
+    if not isinstance(amp, str) or amp.lower() not in AMP_DTYPES:
+        raise ConfigError(f'{key}: expected bf16, fp16 or none, got {amp!r}')
+    dtype = AMP_DTYPES[amp.lower()]
+    device_type = torch.device(device).type
+    if dtype == torch.float16 and device_type != 'cuda':
+        raise ConfigError(f'{key}: fp16 needs a CUDA GPU (the device is {device_type}); on the CPU use bf16')
+    if dtype == torch.bfloat16 and device_type == 'cuda' and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f'{key}: this GPU has no bf16 support; use fp16')
+    return dtype
+
+
+def check_tile(tile, overlap, names=('tile', 'tile overlap')):
+    """``tile`` None (whole image) or a positive size; ``overlap`` in 0..tile - 1."""
+    if tile is None:
+        return
+    if not isinstance(tile, int) or isinstance(tile, bool) or tile <= 0:
+        raise ConfigError(f'{names[0]}: the tile size must be positive, got {tile!r}')
+    if not isinstance(overlap, int) or not 0 <= overlap < tile:
+        raise ConfigError(f'{names[1]} must be in 0..{tile - 1} (smaller than the tile size), got {overlap!r}')
+
+
+def ensemble_transforms():
+    """(forward, inverse) pairs of the 8 dihedral transforms of the image plane (identity first)."""
+    def make(k, flip):
+        def fwd(t):
+            return torch.rot90(t.flip(-1) if flip else t, k, (-2, -1))
+
+        def inv(t):
+            t = torch.rot90(t, -k, (-2, -1))
+            return t.flip(-1) if flip else t
+        return fwd, inv
+    return [make(k, flip) for k in range(4) for flip in (False, True)]
+
+
+def last_output(out):
+    return out[-1] if isinstance(out, (list, tuple)) else out
+
+
+def restore_tensor(net, x, tile=None, overlap=32, self_ensemble=False, amp=None):
+    """N x C x H x W in [0, 1] -> the last stage's output (float32), tiled and/or x8 self-ensembled.
+
+    ``amp`` is a torch dtype (see ``amp_dtype``) or None."""
+    check_tile(tile, overlap)
+
+    def forward(t):
+        with autocast(t.device.type, amp):
+            out = tiled_forward(net, t, tile, overlap=overlap) if tile else last_output(net(t))
+        return out.float()
+
+    with torch.no_grad():
+        if not self_ensemble:
+            return forward(x)
+        return sum(inv(forward(fwd(x))) for fwd, inv in ensemble_transforms()) / 8
+
+
+def _pixel_scale(img):
+    if img.dtype in SCALES:
+        return SCALES[img.dtype]
+    if img.dtype.kind == 'f':
+        return 1.0
+    raise ValueError(f'unsupported pixel type {img.dtype} (uint8, uint16 or float)')
+
+
+def restore_image(net, img, device='cpu', channel_order='rgb', **kw):
+    """Restore an image array (see the module doc); ``kw``: tile, overlap, self_ensemble, amp (a dtype)."""
+    if channel_order not in ('rgb', 'bgr'):
+        raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+    img = np.asarray(img)
+    scale = _pixel_scale(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
+        raise ValueError(f'expected an H x W, H x W x 3 or H x W x 4 image, got shape {img.shape}')
+    alpha = img[..., 3] if img.ndim == 3 and img.shape[2] == 4 else None
+    gray = img.ndim == 2
+    color = np.repeat(img[..., None], 3, axis=2) if gray else img[..., :3]
+    if channel_order == 'bgr':
+        color = color[..., ::-1]
+    rgb = torch.from_numpy(np.ascontiguousarray(color.transpose(2, 0, 1)).astype(np.float32) / scale)
+    n_in = input_channels(net)
+    if n_in == 3:
+        x = rgb[None]
+    elif n_in == 1:  # a grayscale net: gray as it is, colour channel by channel
+        x = rgb[:1, None] if gray else rgb[:, None]
+    else:
+        raise ValueError(f'the network takes {n_in} input channels; only 1 or 3 are supported here')
+    y = restore_tensor(net, x.to(device), **kw).clamp_(0, 1).cpu()
+    y = y[0] if n_in == 3 else y[:, 0]
+    if gray:
+        out = y.mean(0).numpy()
+    else:
+        out = y.numpy().transpose(1, 2, 0)
+        if channel_order == 'bgr':
+            out = out[..., ::-1]
+    out = np.round(out * scale).astype(img.dtype) if scale > 1 else out.astype(img.dtype)
+    if alpha is not None:
+        out = np.concatenate([out, alpha[..., None]], axis=2)
+    return np.ascontiguousarray(out)
+
+
+class Restorer:
+    """A loaded network with its restoring settings; ``restorer(image)`` restores an array (``restore_image``).
+
+    >>> r = Restorer.load(opt='options/test/HINet-SIDD.yml', tile=512, amp='bf16')   # doctest: +SKIP
+    >>> clean = r(noisy_rgb_uint8)                                                    # doctest: +SKIP
+    """
+
+    def __init__(self, net, device='cpu', tile=None, overlap=32, self_ensemble=False, amp=None,
+                 channel_order='rgb', description=None):
+        self.net, self.device = net, torch.device(device)
+        self.amp = amp_dtype(amp, self.device)
+        check_tile(tile, overlap)
+        self.tile, self.overlap, self.self_ensemble = tile, overlap, self_ensemble
+        self.channel_order = channel_order
+        self.description = description or type(net).__name__
+
+    @classmethod
+    def load(cls, opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=None, tlc=None, device='cpu',
+             **settings):
+        """Build + load (``loading.load_network``), then wrap with ``settings`` (tile, overlap, self_ensemble,
+        amp, channel_order)."""
+        if 'amp' in settings:  # a bad amp value fails before the network is built
+            amp_dtype(settings['amp'], device)
+        net, desc = load_network(opt, arch, arch_opt, checkpoint, param_key, tlc, device)
+        return cls(net, device, description=desc, **settings)
+
+    def restore_tensor(self, x):
+        return restore_tensor(self.net, x.to(self.device), self.tile, self.overlap, self.self_ensemble, self.amp)
+
+    def __call__(self, img):
+        return restore_image(self.net, img, self.device, self.channel_order, tile=self.tile, overlap=self.overlap,
+                             self_ensemble=self.self_ensemble, amp=self.amp)

@@ -1,0 +1,173 @@
+"""Exact mid-epoch resume: a feature of this package on top of basicsr's ``--auto_resume`` / ``path.resume_state``.
+
+Upstream ``train_pipeline`` restarts the interrupted epoch from its first batch (the samples already trained in
+that epoch are seen twice, and after several resumes the run can even end before ``total_iter``), and the seeds
+are re-applied, so the data after a resume differ from an uninterrupted run. Here:
+
+- ``basicsr.train.load_resume_state`` is wrapped to remember the loaded state for the loader set-up below;
+- ``basicsr.train.create_train_val_dataloader`` is wrapped: after a resume, the train sampler is given a plan
+  (epoch, number of samples to skip, this rank's random states from the state file);
+- ``EnlargedSampler.__iter__`` follows the plan once: in the interrupted epoch it skips the batches already trained
+  (the sampler's order is a function of the epoch) and, when the state holds them (``MultiStageRestorationModel``
+  saves every rank's), restores this rank's python/numpy/torch random states at the point where the original run
+  drew them (after the DataLoader iterator drew its base seed).
+
+- the random draws of a training sample (crop position, flips, rotations: whatever its dataset draws from
+  python's ``random``, numpy's or torch's global generator) depend only on (``manual_seed``, epoch, the sample's
+  position in the epoch's permutation): ``basicsr.train.build_dataloader`` is wrapped so that the train sampler
+  yields ``SampleIndex`` (an int that also carries seed, epoch and position) and the dataset is wrapped in
+  ``PositionSeeded``, which seeds the three generators from them before each sample and restores them after.
+  Upstream, the draws depend on which worker serves the sample and on how many samples that worker drew before
+  (basicsr's ``worker_init_fn`` seeds each worker once per epoch), so a resumed run drew differently.
+
+With or without DataLoader workers, and on any number of DDP ranks, the resumed losses then equal the
+uninterrupted run's. The position is the one in the global permutation (rank-independent), so a sample also gets
+the same augmentation whatever the number of ranks and workers.
+
+All three names are looked up as module globals by ``train_pipeline`` / ``create_train_val_dataloader``, so
+replacing them in ``basicsr.train`` is enough. Drop this module when upstream resumes mid-epoch.
+"""
+import random
+
+import basicsr.train as _bsr_train
+import numpy as np
+import torch
+from basicsr.data.data_sampler import EnlargedSampler
+from torch.utils.data import Dataset
+
+from .utils.checkpoint import set_rng_states
+
+_PENDING = {}
+
+
+class SampleIndex(int):
+    """A dataset index that also carries (seed, epoch, position) for ``PositionSeeded``; pickles to workers."""
+
+    def __new__(cls, value, seed, epoch, position):
+        obj = super().__new__(cls, value)
+        obj.seed, obj.epoch, obj.position = seed, epoch, position
+        return obj
+
+    def __reduce__(self):
+        return SampleIndex, (int(self), self.seed, self.epoch, self.position)
+
+
+def _mixed(seed, epoch, position):
+    """A 64-bit seed from (seed, epoch, position), well mixed (numpy's SeedSequence)."""
+    state = np.random.SeedSequence([int(seed) % 2**63, int(epoch), int(position)]).generate_state(2, np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+class PositionSeeded(Dataset):
+    """The train dataset, with each sample's random draws seeded from its ``SampleIndex`` (module docstring).
+
+    The global generators are restored after the sample, so the process's own random sequence (the main process
+    with ``num_worker_per_gpu: 0``) is not disturbed. Attributes other than these are the wrapped dataset's."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        if name == 'dataset':  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index):
+        if not isinstance(index, SampleIndex):
+            return self.dataset[index]
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        seed = _mixed(index.seed, index.epoch, index.position)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            return self.dataset[int(index)]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+
+def _seeding(build_dataloader):
+    def build_dataloader_seeded(dataset, dataset_opt, num_gpu=1, dist=False, sampler=None, seed=None, **kwargs):
+        if isinstance(sampler, EnlargedSampler) and dataset_opt.get('phase') == 'train':
+            sampler.sample_seed = 0 if seed is None else seed
+            dataset = PositionSeeded(dataset)
+        return build_dataloader(dataset, dataset_opt, num_gpu=num_gpu, dist=dist, sampler=sampler, seed=seed,
+                                **kwargs)
+    build_dataloader_seeded.upstream = build_dataloader
+    return build_dataloader_seeded
+
+
+def _remembering(load_resume_state):
+    def load_and_remember(opt):
+        state = load_resume_state(opt)
+        if state is not None:
+            _PENDING['state'] = state
+        return state
+    load_and_remember.upstream = load_resume_state
+    return load_and_remember
+
+
+def _resuming(create_loaders):
+    def create_train_val_dataloader(opt, logger):
+        """Upstream's loaders; after a resume, the train sampler continues the interrupted epoch."""
+        result = create_loaders(opt, logger)
+        state = _PENDING.pop('state', None)
+        loader, sampler = result[0], result[1]
+        if state is None or loader is None or not isinstance(sampler, EnlargedSampler):
+            return result
+        per_epoch = len(loader)
+        done = state['iter'] - state['epoch'] * per_epoch
+        rng = state.get('rng') or []
+        plan = {'epoch': state['epoch'], 'skip': 0,
+                'rng': rng[opt['rank']] if len(rng) == opt['world_size'] else None}
+        if 0 <= done <= per_epoch:
+            plan['skip'] = done * loader.batch_size
+            logger.info(f"Resume inside epoch {state['epoch']}: skipping its {done} batch(es) already trained"
+                        + ('' if plan['rng'] else ' (the state holds no random states: augmentations will differ)'))
+        else:
+            logger.warning(f"Resume: iteration {state['iter']} is not inside epoch {state['epoch']} at {per_epoch} "
+                           'batches per epoch (batch size or dataset changed?); that epoch restarts from its start')
+        sampler.resume_plan = plan
+        return result
+    create_train_val_dataloader.upstream = create_loaders
+    return create_train_val_dataloader
+
+
+_upstream_sampler_iter = EnlargedSampler.__iter__
+
+
+def _sampler_iter(self):
+    # The plan holds for every iterator of its epoch: basicsr's CPUPrefetcher makes one iterator before
+    # ``set_epoch`` and another in ``reset()``, and a multi-worker iterator starts sampling when it is created.
+    plan = self.__dict__.get('resume_plan')
+    if plan is not None and self.epoch > plan['epoch']:  # that epoch is over
+        del self.__dict__['resume_plan']
+    indices = _upstream_sampler_iter(self)
+    seed = getattr(self, 'sample_seed', None)
+    if seed is not None:  # position in the epoch's global permutation: rank + k * num_replicas
+        indices = iter([SampleIndex(v, seed, self.epoch, self.rank + k * self.num_replicas)
+                        for k, v in enumerate(indices)])
+    if plan is None or plan['epoch'] != self.epoch:
+        return indices
+    if plan['rng'] is not None:  # here, after the DataLoader iterator drew its base seed, as in the original run
+        set_rng_states(plan['rng'])
+    return iter(list(indices)[plan['skip']:])
+
+
+def install():
+    """Idempotent; called by ``import hinet_plugins`` after ``compat``."""
+    if not hasattr(_bsr_train.load_resume_state, 'upstream'):
+        _bsr_train.load_resume_state = _remembering(_bsr_train.load_resume_state)
+    if not hasattr(_bsr_train.create_train_val_dataloader, 'upstream'):
+        _bsr_train.create_train_val_dataloader = _resuming(_bsr_train.create_train_val_dataloader)
+    if not hasattr(_bsr_train.build_dataloader, 'upstream'):
+        _bsr_train.build_dataloader = _seeding(_bsr_train.build_dataloader)
+    EnlargedSampler.__iter__ = _sampler_iter
+
+
+install()

@@ -1,0 +1,103 @@
+"""The demo's baselines (non-local means, BM3D), its report tables and its two option files."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import load_option_file, on_tiny_data, train_module, write_options
+from hinet_plugins import demo_report
+from hinet_plugins.data import demo_baselines
+from hinet_plugins.data.demo_data import degrade, load_photo
+
+
+def _tiny(name='chelsea', side=48, sigma=25.0, seed=3):
+    clean = cv2.cvtColor(cv2.resize(load_photo(name), (side, side), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+    return clean, degrade(clean, sigma, seed=seed)
+
+
+def test_nlm_denoises_and_its_strength_follows_the_noise():
+    clean, noisy = _tiny(side=64)
+    out = demo_baselines.nlm_denoise(noisy, 18)
+    assert out.shape == noisy.shape and out.dtype == np.uint8
+    assert demo_report.score(out, clean)[0] > demo_report.score(noisy, clean)[0] + 2
+    # tuned on a training photo: weak noise wants a weak filter, sigma 25 a strong one
+    assert demo_baselines.tune_nlm(3.0, photos=('rocket',), grid=(3, 24), max_side=96) == 3
+    assert demo_baselines.tune_nlm(25.0, photos=('rocket',), grid=(3, 24), max_side=96) == 24
+    assert not set(demo_baselines.NLM_TUNING_PHOTOS) & {'astronaut', 'chelsea', 'coffee'}
+
+
+def test_bm3d_with_known_sigma_beats_the_input_and_is_cached(tmp_path):
+    clean, noisy = _tiny(side=40)
+    out, hit = demo_baselines.cached_bm3d(noisy, 25.0, str(tmp_path), 'chelsea')
+    assert not hit and out.shape == noisy.shape and out.dtype == np.uint8
+    assert demo_report.score(out, clean)[0] > demo_report.score(noisy, clean)[0] + 3
+    again, hit = demo_baselines.cached_bm3d(noisy, 25.0, str(tmp_path), 'chelsea')
+    assert hit and np.array_equal(again, out)
+    # another input (or sigma) under the same name is recomputed, not served from the cache
+    other = degrade(clean, 25.0, seed=4)
+    _, hit = demo_baselines.cached_bm3d(other, 25.0, str(tmp_path), 'chelsea')
+    assert not hit
+    _, hit = demo_baselines.cached_bm3d(other, 15.0, str(tmp_path), 'chelsea')
+    assert not hit
+
+
+def _rows():
+    clean, noisy = _tiny(side=32)
+    rows = []
+    for name, shift in (('a', 0), ('b', 2)):
+        gt = np.clip(clean.astype(int) + shift, 0, 255).astype(np.uint8)
+        outputs = {'BM3D': cv2.GaussianBlur(noisy, (3, 3), 0), 'HINet': gt, 'HINet+TLC': noisy}
+        rows.append(demo_report.score_photo(name, gt, noisy, outputs))
+    return rows
+
+
+def test_results_table_has_one_column_per_method_and_the_mean():
+    rows = _rows()
+    table = demo_report.results_table(rows).splitlines()
+    assert table[0] == '| photo | noisy input | BM3D | HINet | HINet+TLC |'
+    assert len(table) == 2 + len(rows) + 1 and table[-1].startswith('| **mean** |')
+    assert table[2].startswith('| a 32x32 | ')
+    mean = demo_report.mean_scores(rows)
+    for method in ('noisy input', 'BM3D'):
+        psnr = np.mean([r['scores'][method][0] for r in rows])
+        assert abs(mean[method][0] - psnr) < 1e-12
+    first = table[-1].split(' | ')[1]
+    assert first == f"**{mean['noisy input'][0]:.2f}** / {mean['noisy input'][1]:.4f}"
+    assert mean['HINet'][0] == float('inf') or mean['HINet'][0] > 60  # identical images: basicsr gives inf
+
+
+def test_verdict_names_the_winner_either_way():
+    mean = {'noisy input': (20.0, 0.5), 'BM3D': (31.75, 0.9), 'HINet': (30.62, 0.88), 'HINet+TLC': (30.70, 0.88),
+            'NAFNet': (30.1, 0.87)}
+    text = demo_report.verdict(mean, ['HINet', 'NAFNet'])
+    assert text == ('Best trained network: HINet+TLC, mean 30.70 dB; it does not beat BM3D (31.75 dB): '
+                    '-1.05 dB on these photos.')
+    mean['NAFNet'] = (32.0, 0.91)
+    assert 'NAFNet, mean 32.00 dB; it beats BM3D' in demo_report.verdict(mean, ['HINet', 'NAFNet'])
+
+
+def test_networks_table_and_contact_sheet():
+    line = demo_report.networks_table([{'name': 'NAFNet-Demo', 'arch': 'NAFNet', 'params': 1137203,
+                                        'iterations': 1000, 'train_s': 200.0, 'psnr': 30.5, 'gain': 10.4}])
+    assert line.splitlines()[-1] == '| NAFNet-Demo (NAFNet) | 1,137,203 | 1000 | 200 s | 30.50 | +10.40 |'
+    a, b = np.zeros((10, 6, 3), np.uint8), np.zeros((7, 5, 3), np.uint8)
+    sheet = demo_report.contact_sheet([[a, a], [b, b, b]], gap=2)
+    assert sheet.shape == (10 + 2 + 7 + 2, 15, 3)
+    assert (sheet[10:12] == 255).all() and (sheet[12:19, :15] == 0).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['HINet-Demo', 'NAFNet-Demo'])
+def test_demo_option_files_train_in_bf16(name, tiny_data, tmp_path):
+    """Both demo files as shipped (bf16 autocast, fp32 validation), on the tiny data for 2 iterations."""
+    opt = load_option_file('train', name)
+    assert opt['amp'] == 'bf16' and opt['val']['amp'] is False
+    assert opt['train']['total_iter'] == opt['train']['scheduler']['T_max']
+    opt = on_tiny_data(opt, tiny_data, 2)
+    train_module(write_options(opt, tmp_path / 'o.yml'), tmp_path)
+    ckpt = tmp_path / 'experiments' / name / 'models' / 'net_g_latest.pth'
+    params = torch.load(ckpt, weights_only=True)['params']
+    assert all(v.dtype == torch.float32 for v in params.values())  # autocast leaves the weights in fp32
+    assert os.path.getsize(ckpt) > 0

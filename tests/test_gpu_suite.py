@@ -1,0 +1,79 @@
+"""``bash benchmarks/gpu_suite.sh --dry-run``: the GPU suite's code paths on the CPU at tiny sizes, so the script
+cannot rot between GPU loans. Checks the markdown file it writes (three tables: CUDA tests collected, TLC
+overhead with the paper's MPRNet figures beside it, throughput with every switch) and its usage errors."""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO
+
+SCRIPT = os.path.join(REPO, 'benchmarks', 'gpu_suite.sh')
+
+
+def suite(*args, timeout=240):
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    return subprocess.run(['bash', SCRIPT, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+def table(text, heading):
+    """Rows (lists of cells) of the first markdown table after the line starting with ``heading``."""
+    section = text[text.index(heading):]
+    rows = []
+    for line in section.splitlines()[1:]:
+        if line.startswith('|'):
+            rows.append([c.strip() for c in line.strip('|').split('|')])
+        elif rows:
+            break
+    assert len(rows) > 2, section[:2000]
+    return rows[2:]  # without the header and the alignment row
+
+
+@pytest.mark.slow
+def test_dry_run_writes_the_three_tables(tmp_path):
+    out = tmp_path / 'suite'
+    start = time.time()
+    proc = suite('--dry-run', '--out', str(out))
+    seconds = time.time() - start
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    text = (out / 'gpu_suite.md').read_text()
+    assert text.startswith('# GPU suite: CPU') and 'dry run' in text and 'SOME PART FAILED' not in text
+
+    tests = table(text, '## 1. CUDA tests')
+    names = {row[0] for row in tests}
+    assert {'test_fp16_grad_scaler_training_resumes_with_identical_losses', 'test_inference_with_amp_fp16_on_cuda',
+            'test_one_process_nccl_group_through_torchrun_equals_one_process'} <= names
+    assert all(row[1] == 'collected (dry run: not run)' for row in tests)
+    assert (out / 'cuda_tests.log').is_file()
+
+    tlc = {row[0].split(' /')[0]: row for row in table(text, '## 2. TLC overhead')}
+    for net in ('HINet 1x', 'MPRNet deblur (GoPro)'):
+        row = tlc[net]
+        assert int(row[1]) > 0 and all(float(v) > 0 for v in row[2:5])
+        assert re.fullmatch(r'[+-]\d+\.\d%', row[5]) and re.fullmatch(r'[+-]\d+\.\d%', row[6])
+        assert row[7] == '+27 % / +5.6 %'
+    assert '1.60 s without TLC, 2.03 s naive (+27 %), 1.69 s optimised (+5.6 %)' in text
+
+    rows = table(text, '## 3. Training throughput')
+    simple = {row[1]: row for row in rows if row[0].startswith('HINet Simple')}
+    assert set(simple) == {'fp32', 'tf32', 'bf16', 'fp16', 'channels_last', 'compile'}
+    for switch in ('fp32', 'tf32', 'bf16', 'channels_last', 'compile'):
+        assert float(simple[switch][2]) > 0, simple[switch]  # measured: train ms
+    assert simple['fp16'][-1] == 'amp: fp16 needs a GPU'
+    assert any('not measured: over the 10 s time budget' in row[-1] for row in rows)  # the budget cut the rest
+    assert seconds < 120, f'dry run took {seconds:.0f} s'  # under a minute on an idle 2-core machine
+
+
+@pytest.mark.slow
+def test_usage_errors_are_one_line_and_write_nothing(tmp_path):
+    for args, message in ((['--dry-run'], 'the following arguments are required: --out'),
+                          (['--dry-run', '--out', str(tmp_path / 'x'), '--parts', 'tests,speed'],
+                           "--parts: unknown ['speed']")):
+        proc = suite(*args, timeout=120)
+        assert proc.returncode == 2, proc.stdout
+        lines = proc.stdout.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('hinet_plugins: error: gpu_suite: ') and message in lines[0]
+    assert not (tmp_path / 'x').exists()
