@@ -44,6 +44,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import hinet_plugins  # noqa: E402,F401  (compat + registration)
+from hinet_plugins.cli import ArgumentParser  # noqa: E402
 
 PAPER_TLC = {'none_s': 1.60, 'naive_s': 2.03, 'fast_s': 1.69, 'naive': '+27 %', 'fast': '+5.6 %'}
 PAPER_CELL = f"{PAPER_TLC['naive']} / {PAPER_TLC['fast']}"
@@ -213,14 +214,9 @@ def training_throughput(args, device, report, log, seconds_left):
 
 
 # ------------------------------------------------------------------------------------------------ driver
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f'hinet_plugins: error: gpu_suite: {message}', file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv=None):
-    p = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog='gpu_suite', description=__doc__.split('\n\n')[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', required=True, help='output folder (created): gpu_suite.md, cuda_tests.log/.xml')
     p.add_argument('--dry-run', action='store_true', help='CPU, tiny sizes: the same code paths in under a minute')
     p.add_argument('--budget', type=float, default=480.0,

@@ -84,6 +84,8 @@ def main():
         with open(os.path.join(ROOT, 'options', 'train', 'HINet-Demo.yml')) as f:
             opt = yaml.safe_load(f)
         opt['name'] = 'soak'
+        opt.pop('amp', None)  # fp32, as the README's soak figures were measured (the demo itself trains in bf16)
+        (opt.get('val') or {}).pop('amp', None)
         for phase in ('train', 'val'):
             opt['datasets'][phase].update(dataroot_gt=data[f'{phase}_gt_lmdb'], dataroot_lq=data[f'{phase}_lq_lmdb'])
         opt['train']['total_iter'] = opt['train']['scheduler']['T_max'] = args.iters

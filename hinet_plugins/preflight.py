@@ -14,8 +14,9 @@ So the launcher's ``parse_options`` hook calls ``preflight``, which, on the CPU 
    nothing of option files;
 3. builds the whole model as the run will (model class, EMA copy, ``path.pretrain_network_g`` loaded and fitted,
    the losses' own files, optimizers, schedulers), from a copy of the options with ``num_gpu: 0`` and no DDP;
-4. in training, reads the state the run will resume from (``--auto_resume`` or ``path.resume_state``) and loads it
-   into that model (optimizer, scheduler and loss states must fit);
+4. in training, reads the state the run will resume from (``--auto_resume`` or ``path.resume_state``), builds the
+   model with that iteration's network file as upstream's ``check_resume`` sets it, and loads the state into the
+   model (optimizer, scheduler and loss states must fit);
 5. runs the network once on a zero 64x64 input with the images' channels (3: basicsr decodes every image as
    colour; 1 with ``color: y``) and reports a mismatch of the network's input channels (``network_g.in_chn`` and
    the like); other forward errors are left to the run itself.
@@ -27,6 +28,7 @@ run draws the same initial weights as without the checks. Cost: one extra build 
 """
 import contextlib
 import copy
+import io
 import logging
 import re
 
@@ -34,6 +36,7 @@ import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.models import build_model
+from basicsr.utils import check_resume
 
 from .compat import read_training_state, resume_state_path
 from .errors import ConfigError
@@ -139,11 +142,20 @@ def check_input_channels(model, opt, path):
         net.train(was_training)
 
 
-def _check_resume(model, opt, path):
-    state_path = resume_state_path(opt)
+def _resume_state(dry):
+    """The state the run resumes from (or None); like upstream, ``dry``'s ``pretrain_network_*`` then point at
+    that iteration's ``experiments/<name>/models/net_*_<iter>.pth`` (``check_resume``)."""
+    state_path = resume_state_path(dry) if dry.get('is_train') else None
     if not state_path:
-        return
+        return None, None
     state = read_training_state(state_path)
+    dry['path']['resume_state'] = state_path
+    with contextlib.redirect_stdout(io.StringIO()):  # upstream prints what it sets; the run prints it again
+        check_resume(dry, state['iter'])
+    return state_path, state
+
+
+def _check_resume(model, state_path, state, path):
     try:
         model.resume_training(state)
     except ConfigError as err:
@@ -171,6 +183,7 @@ def _preflight(opt, path):
     dry.update(num_gpu=0, dist=False)
     with quiet_basicsr_logger():
         check_parts(dry, path)
+        state_path, state = _resume_state(dry)
         try:
             model = build_model(dry)
         except ConfigError as err:
@@ -178,7 +191,7 @@ def _preflight(opt, path):
         except BUILD_ERRORS as err:
             raise ConfigError(f"{path}: the options do not build model_type {opt.get('model_type')}: "
                               f'{_reason(err)}') from None
-        if opt.get('is_train'):
-            _check_resume(model, dry, path)
+        if state is not None:
+            _check_resume(model, state_path, state, path)
         check_input_channels(model, opt, path)
     del model

@@ -14,19 +14,12 @@ import sys
 
 import hinet_plugins  # noqa: F401  (compat before basicsr)
 from hinet_plugins import evaluate
+from hinet_plugins.cli import ArgumentParser
 from hinet_plugins.errors import ConfigError
 
 
-class Parser(argparse.ArgumentParser):
-    """Command-line mistakes as the one usual line (``hinet_plugins: error: ...``), exit status 2."""
-
-    def error(self, message):
-        print(f'hinet_plugins: error: {self.prog}: {message} (see --help)', file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
 def build_parser():
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--restored', required=True, help='folder of restored images')
     parser.add_argument('--gt', required=True, help='folder of ground-truth images (same stems)')
     parser.add_argument('--y', action='store_true', help='score the Y channel only')

@@ -22,20 +22,14 @@ sys.path.insert(0, ROOT)
 import hinet_plugins  # noqa: E402,F401  (compat + registration)
 from hinet_plugins.errors import ConfigError  # noqa: E402
 from hinet_plugins.export import ATOL, OPSET, export_onnx  # noqa: E402
+from hinet_plugins.cli import ArgumentParser, add_model_arguments  # noqa: E402
 from hinet_plugins.restore import load_network, parse_key_values  # noqa: E402
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-o', '--output', required=True, help='ONNX file to write')
-    parser.add_argument('-opt', '--opt', help='option file (network_g, path.pretrain_network_g, val.tlc)')
-    parser.add_argument('--arch', help='registered architecture name (overrides network_g.type)')
-    parser.add_argument('--arch-opt', action='append', metavar='KEY=VALUE', help='architecture keyword (repeatable)')
-    parser.add_argument('--checkpoint', help='weights file (overrides path.pretrain_network_g)')
-    parser.add_argument('--param-key', help="key of the state_dict in the checkpoint (default 'params')")
-    parser.add_argument('--tlc', action='store_true', help='export the TLC-converted network')
-    parser.add_argument('--train-size', type=int, help='TLC: training patch size')
-    parser.add_argument('--base-size', type=int, help='TLC: base size (default 1.5 x train size)')
+    add_model_arguments(parser, 'export the TLC-converted network')
     parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'), help='trace size (default: odd, automatic)')
     parser.add_argument('--check-size', type=int, nargs=2, action='append', metavar=('H', 'W'),
                         help='onnxruntime check size (repeatable; default: two sizes around the trace size)')

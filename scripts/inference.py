@@ -34,6 +34,7 @@ import torch
 
 import hinet_plugins  # noqa: F401  (compat + registration)
 from hinet_plugins.errors import ConfigError
+from hinet_plugins.cli import ArgumentParser, add_model_arguments  # noqa: E402
 from hinet_plugins.restore import Restorer, amp_dtype, check_tile, parse_key_values
 
 IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -59,17 +60,10 @@ def pick_device(name):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-i', '--input', required=True, help='image file or folder')
     parser.add_argument('-o', '--output', required=True, help='output folder (file names are kept)')
-    parser.add_argument('-opt', '--opt', help='option file (network_g, path.pretrain_network_g, val.tlc)')
-    parser.add_argument('--arch', help='registered architecture name (overrides network_g.type)')
-    parser.add_argument('--arch-opt', action='append', metavar='KEY=VALUE', help='architecture keyword (repeatable)')
-    parser.add_argument('--checkpoint', help='weights file (overrides path.pretrain_network_g)')
-    parser.add_argument('--param-key', help="key of the state_dict in the checkpoint (default 'params')")
-    parser.add_argument('--tlc', action='store_true', help='test-time local converter')
-    parser.add_argument('--train-size', type=int, help='TLC: training patch size')
-    parser.add_argument('--base-size', type=int, help='TLC: base size (default 1.5 x train size)')
+    add_model_arguments(parser, 'test-time local converter')
     parser.add_argument('--tlc-fast', action='store_true', help='TLC: fast (sampled-grid) statistics')
     parser.add_argument('--tile', type=int, help='tile size for large images')
     parser.add_argument('--tile-overlap', type=int, default=32, help='overlap of neighbouring tiles (pixels)')

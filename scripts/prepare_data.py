@@ -22,6 +22,7 @@ import sys
 import hinet_plugins  # noqa: F401  (compat before basicsr)
 from hinet_plugins.data import official_datasets
 from hinet_plugins.data.paired_folders import prepare_paired
+from hinet_plugins.cli import ArgumentParser
 from hinet_plugins.errors import ConfigError
 
 CROPS = {'sidd': (512, 384), 'gopro': (512, 256), 'reds': (512, 512), 'paired': (512, 384)}
@@ -30,16 +31,8 @@ ROOTS = {'sidd': 'datasets/SIDD', 'gopro': 'datasets/GoPro', 'reds': 'datasets/R
          'paired': 'datasets'}
 
 
-class Parser(argparse.ArgumentParser):
-    """Command-line mistakes as the one usual line (``hinet_plugins: error: ...``), exit status 2."""
-
-    def error(self, message):
-        print(f'hinet_plugins: error: {self.prog}: {message} (see --help)', file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
 def build_parser():
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='dataset', required=True)
     for name in (*official_datasets.DATASETS, 'paired'):
         p = sub.add_parser(name, help=f'prepare {name} (default root {ROOTS[name]})')

@@ -108,6 +108,12 @@ def _case(name, opt, bad):
     elif name == 'auto_resume_scheduler':
         opt['train']['scheduler']['type'], fragments = 'CosineAnealingLR', ['train.scheduler.type']
         flags = ('--auto_resume',)
+    elif name == 'auto_resume_other_network':  # the run's network changed since its checkpoints were written
+        opt['network_g']['depth'], flags = 4, ('--auto_resume',)
+        fragments = [os.path.join('experiments', NAME, 'models', 'net_g_2.pth'), 'does not fit network_g (HINet)']
+    elif name == 'arch_argument':
+        opt['network_g']['wff'] = 8
+        fragments = ['network_g (HINet) cannot be built', "unexpected keyword argument 'wff'"]
     elif name == 'loss_argument':
         opt['train']['pixel_opt']['reduction'], fragments = 'average', ['train.pixel_opt (PSNRLoss)']
     elif name == 'test_checkpoint':
@@ -117,8 +123,8 @@ def _case(name, opt, bad):
 
 
 CASES = ['scheduler', 'other_arch', 'lr_string_force_yml', 'lr_string_yml', 'in_chn', 'random', 'text', 'truncated',
-         'resume_text', 'resume_weights', 'force_yml_key', 'auto_resume_scheduler', 'loss_argument',
-         'test_checkpoint']
+         'resume_text', 'resume_weights', 'force_yml_key', 'auto_resume_scheduler', 'auto_resume_other_network',
+         'arch_argument', 'loss_argument', 'test_checkpoint']
 
 
 def test_rejected_commands_change_nothing(finished_root, monkeypatch):

@@ -396,7 +396,12 @@ def test_sidd_dataset_semantics(tiny_data, tmp_path):
 def test_rgb2bgr_false_keeps_rgb_order_in_saved_images_and_metrics(tiny_data, tmp_path, monkeypatch):
     """``val.rgb2bgr: false`` (in-process test launcher): the saved PNG holds the channels in RGB order (so it
     reads back reversed), and the metric inputs too (Y of YCbCr, which assumes BGR, then changes)."""
+    import logging
     from basicsr.utils.registry import ARCH_REGISTRY
+    # an earlier in-process build_network may have set up basicsr's logger without a level: INFO is needed here
+    logger = logging.getLogger('basicsr')
+    monkeypatch.setattr(logger, 'level', logger.level)  # restored after the test
+    logger.setLevel(logging.INFO)
     torch.manual_seed(2)
     ckpt = str(tmp_path / 'net.pth')  # (build_network would set up basicsr's logger before the run: no log file)
     torch.save({'params': ARCH_REGISTRY.get('HINet')(wf=8, depth=3).state_dict()}, ckpt)
