@@ -148,20 +148,6 @@ def test_any_input_size_reflect_pads_to_a_multiple_of_8(size):
             assert not torch.allclose(zeros(x), out)
 
 
-def test_grad_checkpoint_gives_the_same_gradients():
-    torch.manual_seed(0)
-    net = build_network(dict(TINY))
-    x = torch.rand(2, 3, 16, 16)
-    grads = []
-    for flag in (False, True):
-        net.zero_grad()
-        net.grad_checkpoint = flag
-        net(x).square().mean().backward()
-        grads.append([p.grad.clone() for p in net.parameters()])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
-
-
 def test_constructor_errors_name_the_argument():
     with pytest.raises(ValueError, match='heads'):
         build_network({**TINY, 'heads': [3, 2, 2, 4]})

@@ -185,8 +185,12 @@ def test_val_amp_overrides_and_outputs_are_float(tiny_data, tmp_path):
 SMALL_MPR = {'n_feat': 16, 'scale_unetfeats': 8, 'scale_orsnetfeats': 8, 'num_cab': 2}
 
 
-@pytest.mark.parametrize('net_opt', [dict(NET, wf=8), dict(SMALL_MPR, type='MPRNet'), dict(SMALL_MPR, type='FCN')],
-                         ids=['HINet', 'MPRNet', 'FCN'])
+SMALL_RESTORMER = {'type': 'Restormer', 'dim': 8, 'num_blocks': [1, 2, 1, 1], 'num_refinement_blocks': 1,
+                   'heads': [1, 2, 2, 4]}
+
+
+@pytest.mark.parametrize('net_opt', [dict(NET, wf=8), dict(SMALL_MPR, type='MPRNet'), dict(SMALL_MPR, type='FCN'),
+                                     SMALL_RESTORMER], ids=['HINet', 'MPRNet', 'FCN', 'Restormer'])
 def test_grad_checkpoint_same_grads_fewer_saved_activations(net_opt):
     torch.manual_seed(0)
     net = build_network(net_opt)
@@ -197,7 +201,7 @@ def test_grad_checkpoint_same_grads_fewer_saved_activations(net_opt):
         net.zero_grad()
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
             out = net(x)
-        sum(o.square().mean() for o in out).backward()
+        sum(o.square().mean() for o in (out if isinstance(out, (list, tuple)) else [out])).backward()
         return sum(saved), [p.grad.clone() for p in net.parameters()]
 
     plain_saved, plain_grads = run()
