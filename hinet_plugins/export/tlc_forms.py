@@ -18,8 +18,9 @@ are and must trace by themselves.
 import copy
 
 import torch
-from torch import nn
 from torch.nn import functional as F
+
+from ..tlc.converter import StandIn
 
 
 def _pad_back(valid, kernel):
@@ -28,19 +29,10 @@ def _pad_back(valid, kernel):
                  mode='replicate')
 
 
-class _GraphLocal(nn.Module):
+class _GraphLocal(StandIn):
     def __init__(self, local):
-        super().__init__()
+        super().__init__(local.original)  # not a submodule (no duplicate parameters)
         self.kernel = tuple(int(k) for k in local.kernel_size)
-        self.__dict__['original'] = local.original  # not a submodule (no duplicate parameters)
-
-    def __getattr__(self, name):  # num_features, ... of the replaced module, read by the archs' code
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if 'original' not in self.__dict__:
-                raise
-            return getattr(self.__dict__['original'], name)
 
     def forward(self, x):
         return self.local(x[None])[0] if x.dim() == 3 else self.local(x)

@@ -52,24 +52,33 @@ from .local_ops import (FAST_STRIDES, covers, fast_stride, local_avg_pool, local
                         local_max_pool, pair)
 
 
-class LocalOp(nn.Module):
-    """Base of the local replacements: window calibration, fast-mode stride, global fallback."""
+class StandIn(nn.Module):
+    """A module standing in for ``original``, which is kept outside the module tree (so state_dict and
+    parameters() stay as they were); attributes it lacks (num_features, num_groups, ... that the arch's code
+    reads) come from ``original``. Base of the local ops here and of their ONNX graph forms."""
 
-    def __init__(self, original, fast_imp=False):
+    def __init__(self, original):
         super().__init__()
-        self.__dict__['original'] = original  # not a submodule: state_dict and parameters() stay as they were
-        self.fast_imp = bool(fast_imp)
-        self.kernel_size = None
-        self.max_stride = (1, 1)
-        self._seen = None  # feature sizes recorded during calibration
+        self.__dict__['original'] = original
 
-    def __getattr__(self, name):  # num_features, num_groups, ... of the replaced module, for the arch's code
+    def __getattr__(self, name):
         try:
             return super().__getattr__(name)
         except AttributeError:
             if 'original' not in self.__dict__:
                 raise
             return getattr(self.__dict__['original'], name)
+
+
+class LocalOp(StandIn):
+    """Base of the local replacements: window calibration, fast-mode stride, global fallback."""
+
+    def __init__(self, original, fast_imp=False):
+        super().__init__(original)
+        self.fast_imp = bool(fast_imp)
+        self.kernel_size = None
+        self.max_stride = (1, 1)
+        self._seen = None  # feature sizes recorded during calibration
 
     def calibrate(self, train_size, base_size):
         """Window from the first feature size seen during the calibration pass (None if never reached)."""
