@@ -88,9 +88,9 @@ def test_table4_variants_from_network_options():
     identity = sum(nparams(b.identity) for p in (full.down_path_1, full.down_path_2) for b in p)
     assert nparams(nets['full']) - nparams(nets['sf_ea']) == identity
     assert nparams(nets['sf_identity']) - nparams(nets['sf']) == identity
-    with pytest.raises(ConfigError, match='network_g.dfr_variant'):
+    with pytest.raises(ValueError, match='dfr_variant must be one of'):
         build_network({'type': 'DRCNet', 'dfr_variant': 'DFR'})
-    with pytest.raises(ConfigError, match='network_g.mask_mode'):
+    with pytest.raises(ValueError, match='mask_mode must be one of'):
         build_network({'type': 'DRCNet', 'wf': 8, 'mask_mode': 'straight'})
 
 

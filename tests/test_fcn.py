@@ -214,7 +214,7 @@ def test_layernorm_scope_sample_is_batch_independent_batch_is_the_release():
         mixed = batch_wide(torch.cat([a, b]))
     assert (mixed[0][:1, :, :8] - alone[0][:, :, :8]).abs().max() > 1e-4  # top half of stage 1: gated, mixed
     assert torch.allclose(mixed[0][:1, :, 8:], alone[0][:, :, 8:], atol=1e-6)  # bottom half: not gated
-    with pytest.raises(ConfigError, match='network_g.layernorm_scope'):
+    with pytest.raises(ValueError, match='layernorm_scope must be one of'):
         fcn(layernorm_scope='global', **TINY)
 
 

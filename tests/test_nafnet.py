@@ -21,7 +21,6 @@ from conftest import PY, REPO, base_options, on_tiny_data, run_cli, train_module
 from torch.nn import functional as F
 
 from hinet_plugins import tlc
-from hinet_plugins.errors import ConfigError
 
 RELEASE = os.path.join(REPO, 'tests', 'release_options', 'nafnet', 'options')
 RELEASE_PARAMS = {  # the release's counts (public-releases.md, NAFNet section)
@@ -229,8 +228,8 @@ def test_layer_norm_is_the_fused_op_and_warns_nothing_forward_or_backward():
     assert spy.names.count('layer_norm') == 2 * 7  # two per block, 7 blocks
 
 
-def test_mismatched_encoder_decoder_lengths_are_a_config_error():
-    with pytest.raises(ConfigError, match='network_g.dec_blk_nums'):
+def test_mismatched_encoder_decoder_lengths_are_a_value_error():
+    with pytest.raises(ValueError, match='dec_blk_nums: one entry per level'):
         build_network({'type': 'NAFNet', 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1]})
 
 

@@ -114,6 +114,9 @@ def _case(name, opt, bad):
     elif name == 'arch_argument':
         opt['network_g']['wff'] = 8
         fragments = ['network_g (HINet) cannot be built', "unexpected keyword argument 'wff'"]
+    elif name == 'arch_value':  # a ValueError of the arch itself, which knows no option keys
+        opt['network_g']['norm_type'] = 'bogus'
+        fragments = ['network_g (HINet) cannot be built', 'norm_type must be one of']
     elif name == 'loss_argument':
         opt['train']['pixel_opt']['reduction'], fragments = 'average', ['train.pixel_opt (PSNRLoss)']
     elif name == 'test_checkpoint':
@@ -124,7 +127,7 @@ def _case(name, opt, bad):
 
 CASES = ['scheduler', 'other_arch', 'lr_string_force_yml', 'lr_string_yml', 'in_chn', 'random', 'text', 'truncated',
          'resume_text', 'resume_weights', 'force_yml_key', 'auto_resume_scheduler', 'auto_resume_other_network',
-         'arch_argument', 'loss_argument', 'test_checkpoint']
+         'arch_argument', 'arch_value', 'loss_argument', 'test_checkpoint']
 
 
 def test_rejected_commands_change_nothing(finished_root, monkeypatch):

@@ -58,7 +58,6 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from ..errors import ConfigError
 from .hinet_arch import HINet
 
 MASK_MODES = ('ste', 'hard', 'soft')
@@ -76,7 +75,7 @@ PRESETS = {'paper': dict(mask_threshold=0.75, energy_lambda=1e-6, mask_mode='ste
 
 def _choice(name, value, choices):
     if value not in choices:
-        raise ConfigError(f"network_g.{name}: must be one of {list(choices)}, got {value!r}")
+        raise ValueError(f'{name} must be one of {list(choices)}, got {value!r}')
 
 
 def pooled_moments(pool, x, region=None, prior=0.0):

@@ -53,7 +53,6 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError
 from .blocks import CAB, conv
 from .mprnet_arch import MPRNet
 
@@ -81,11 +80,9 @@ class FCN(MPRNet):
     def __init__(self, in_c=3, out_c=3, n_feat=96, scale_unetfeats=48, scale_orsnetfeats=32, num_cab=8,
                  kernel_size=3, reduction=4, bias=False, layernorm_scope='sample'):
         if layernorm_scope not in LAYERNORM_SCOPES:
-            raise ConfigError(f'network_g.layernorm_scope: must be one of {list(LAYERNORM_SCOPES)}, '
-                              f'got {layernorm_scope!r}')
+            raise ValueError(f'layernorm_scope must be one of {list(LAYERNORM_SCOPES)}, got {layernorm_scope!r}')
         if n_feat < 2:
-            raise ConfigError(f'network_g.n_feat: FCN halves the width in its gate, so n_feat must be >= 2, '
-                              f'got {n_feat}')
+            raise ValueError(f'n_feat: FCN halves the width in its gate, so n_feat must be >= 2, got {n_feat}')
         super().__init__(in_c, out_c, n_feat, scale_unetfeats, scale_orsnetfeats, num_cab, kernel_size, reduction,
                          bias)
         self.layernorm_scope = layernorm_scope

@@ -32,7 +32,6 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError
 from .blocks import ChannelLayerNorm, checkpoint_call
 
 
@@ -114,8 +113,8 @@ class _UNet(nn.Module):
     def __init__(self, make_block, img_channel, width, middle_blk_num, enc_blk_nums, dec_blk_nums):
         super().__init__()
         if len(enc_blk_nums) != len(dec_blk_nums):
-            raise ConfigError(f'network_g.dec_blk_nums: one entry per level of enc_blk_nums is needed, got '
-                              f'enc_blk_nums {list(enc_blk_nums)} and dec_blk_nums {list(dec_blk_nums)}')
+            raise ValueError(f'dec_blk_nums: one entry per level of enc_blk_nums is needed, got enc_blk_nums '
+                             f'{list(enc_blk_nums)} and dec_blk_nums {list(dec_blk_nums)}')
         self.intro = nn.Conv2d(img_channel, width, 3, padding=1)
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
         self.encoders, self.decoders = nn.ModuleList(), nn.ModuleList()
