@@ -115,3 +115,24 @@ def assert_stage_order(make_net, residual_convs, size=(32, 40)):
         assert len(outs) == len(residual_convs)
         for j, out in enumerate(outs):
             assert torch.equal(out, x) == (i == j), (module, j)
+
+
+RUN_FOLDERS = ('experiments', 'results', 'tb_logger')
+
+
+def missing_run_folders():
+    """The top folders of basicsr's runs that the repository root does not have yet (for ``remove_repo_runs``)."""
+    return [d for d in RUN_FOLDERS if not os.path.isdir(os.path.join(REPO, d))]
+
+
+def remove_repo_runs(name, created=()):
+    """Remove what the literal launchers (``basicsr/train.py``, which write under the repository root) wrote for
+    the run ``name``; the top folders listed in ``created`` go too once they are empty."""
+    import glob
+    import shutil
+    for folder in RUN_FOLDERS:
+        for path in glob.glob(os.path.join(REPO, folder, f'*{name}*')):
+            shutil.rmtree(path, ignore_errors=True)
+        top = os.path.join(REPO, folder)
+        if folder in created and os.path.isdir(top) and not os.listdir(top):
+            os.rmdir(top)

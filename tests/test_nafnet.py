@@ -8,7 +8,6 @@ import glob
 import math
 import os
 import re
-import shutil
 import uuid
 from collections import OrderedDict
 
@@ -17,7 +16,8 @@ import torch
 import yaml
 from basicsr.archs import build_network
 from basicsr.models import build_model
-from conftest import PY, REPO, base_options, on_tiny_data, run_cli, train_module, write_options
+from conftest import (PY, REPO, base_options, missing_run_folders, on_tiny_data, remove_repo_runs, run_cli,
+                      train_module, write_options)
 from torch.nn import functional as F
 
 from hinet_plugins import tlc
@@ -376,7 +376,7 @@ def release_runs(tiny_data, tmp_path_factory):
                    keep_num_gpu=True)
     test['path']['pretrain_network_g'] = f'experiments/{name}/models/net_g_latest.pth'
     paths = {k: write_options(o, tmp / f'{k}.yml') for k, o in (('train', train), ('test', test))}
-    created = [d for d in ('experiments', 'results', 'tb_logger') if not os.path.isdir(os.path.join(REPO, d))]
+    created = missing_run_folders()
     try:
         runs = {'name': name, 'train_opt': train}
         cpu = ['--force_yml', 'num_gpu=0']  # the files keep the release's num_gpu: 8 / 1, as a CPU user would run
@@ -389,12 +389,7 @@ def release_runs(tiny_data, tmp_path_factory):
         runs['images'] = sorted(glob.glob(os.path.join(REPO, 'results', name + '_test', 'visualization', '*', '*')))
         yield runs
     finally:
-        for folder in ('experiments', 'results', 'tb_logger'):
-            for path in glob.glob(os.path.join(REPO, folder, f'*{name}*')):
-                shutil.rmtree(path, ignore_errors=True)
-            if folder in created and os.path.isdir(os.path.join(REPO, folder)) \
-                    and not os.listdir(os.path.join(REPO, folder)):
-                os.rmdir(os.path.join(REPO, folder))
+        remove_repo_runs(name, created)
 
 
 @pytest.mark.slow

@@ -8,13 +8,12 @@ switch or a different normalisation fails the comparison.
 import math
 import re
 import os
-import shutil
 import uuid
 
 import pytest
 import torch
 import yaml
-from conftest import PY, REPO, base_options, run_cli, write_options
+from conftest import PY, REPO, base_options, missing_run_folders, remove_repo_runs, run_cli, write_options
 from torch.nn import functional as F
 
 from basicsr.archs import build_network
@@ -257,11 +256,11 @@ def test_restormer_local_in_the_registry_loads_restormer_weights():
 def _literal(script, opt, tmp_path):
     """Run ``python basicsr/<script>.py -opt`` from the repository root under a unique name; clean up after."""
     opt['name'] = f"test_restormer_{uuid.uuid4().hex[:8]}"
+    created = missing_run_folders()
     try:
         return run_cli([PY, f'basicsr/{script}.py', '-opt', write_options(opt, tmp_path / 'o.yml')], REPO).stdout
     finally:
-        for top in ('experiments', 'results', 'tb_logger'):
-            shutil.rmtree(os.path.join(REPO, top, opt['name']), ignore_errors=True)
+        remove_repo_runs(opt['name'], created)
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ same thread count (OMP_NUM_THREADS=1).
 import glob
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -20,7 +19,7 @@ import uuid
 
 import pytest
 import torch
-from conftest import PY, REPO, base_options, write_options
+from conftest import PY, REPO, base_options, missing_run_folders, remove_repo_runs, write_options
 
 import basicsr
 
@@ -79,7 +78,7 @@ def launcher_runs(tiny_data, tmp_path_factory):
                     val={'save_img': False, 'suffix': None, 'metrics': lmdb_opt['val']['metrics']})
     paths = {k: write_options(o, tmp / f'{k}.yml') for k, o in
              (('lmdb', lmdb_opt), ('disk', disk_opt), ('test', test_opt))}
-    created = [d for d in ('experiments', 'results', 'tb_logger') if not os.path.isdir(os.path.join(REPO, d))]
+    created = missing_run_folders()
     runs = {'name': name}
     try:
         first = start([PY, '-v', 'basicsr/train.py', '-opt', paths['lmdb'], '--force_yml', 'train:total_iter=4'],
@@ -96,12 +95,7 @@ def launcher_runs(tiny_data, tmp_path_factory):
                                    glob.glob(os.path.join(runs['exp'], '**', '*'), recursive=True))
         yield runs
     finally:
-        for folder in ('experiments', 'results', 'tb_logger'):
-            for path in glob.glob(os.path.join(REPO, folder, f'*{name}*')):
-                shutil.rmtree(path, ignore_errors=True)
-            if folder in created and os.path.isdir(os.path.join(REPO, folder)) \
-                    and not os.listdir(os.path.join(REPO, folder)):
-                os.rmdir(os.path.join(REPO, folder))
+        remove_repo_runs(name, created)
 
 
 def _ok(run):
