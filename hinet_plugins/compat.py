@@ -9,24 +9,26 @@ Patches:
 1. ``torchvision.transforms.functional_tensor`` (removed in torchvision 0.17) is imported by
    ``basicsr/data/degradations.py:8``, which ``import basicsr`` reaches. We alias the one name basicsr uses,
    ``rgb_to_grayscale``. Drop when basicsr > 1.4.2 is on the index with the fixed import.
-2. ``basicsr.train.load_resume_state`` maps the resume state to ``torch.cuda.current_device()``, which fails on a
-   CPU-only machine. Ours maps to CPU when ``num_gpu == 0`` or no CUDA is present, and picks the newest state by
-   iteration; a file that is not a training state is a one-line ConfigError naming it (upstream: an unpickling
-   traceback). Drop when upstream maps with ``map_location`` from the options.
+2. ``basicsr.train.load_resume_state`` maps the resume state to ``torch.cuda.current_device()`` (fails on a CPU-only
+   machine), unpickles it with ``weights_only=False`` (a crafted ``.state`` runs code) and looks for
+   ``experiments/`` in the current folder. Ours maps to the CPU when there is no GPU, reads with
+   ``weights_only=True``, looks in the run's own folder under its root, and a file that is not a training state is
+   a one-line ConfigError naming it. Drop when upstream loads states safely with ``map_location``.
 3. ``basicsr.utils.dist_util.init_dist`` always uses nccl and ``torch.cuda.set_device(rank % device_count())``
-   (ZeroDivisionError without a GPU); ``options.py`` holds its own reference, so both names are replaced.
-   Ours: nccl when CUDA is present, gloo otherwise (``BASICSR_DIST_BACKEND`` overrides), ``LOCAL_RANK`` for the
-   device, and the ``spawn`` start method only on CUDA (on CPU it makes every DataLoader worker re-import torch).
-4. ``--force_yml key=value`` (``options.py:58-79`` ``_postprocess_yml_value``) leaves negative numbers and
-   scientific notation as strings (``train:warmup_iter=-1`` -> ``'-1'`` -> TypeError later). Ours parses the value
-   as a YAML scalar when upstream would return a string. Drop when upstream parses numbers fully.
-5. ``distutils`` is gone from the standard library on Python >= 3.12 but ``basicsr/archs/arch_util.py:6``
+   (ZeroDivisionError without a GPU; the slurm path too); ``options.py`` holds its own reference, so both names
+   are replaced. Ours: ``choose_backend`` (gloo without a GPU whatever ``dist_params.backend`` says),
+   ``LOCAL_RANK`` for the device, slurm's variables mapped to torch's, and ``spawn`` only on CUDA.
+4. ``distutils`` is gone from the standard library on Python >= 3.12 but ``basicsr/archs/arch_util.py:6``
    imports ``distutils.version.LooseVersion``: we provide it from setuptools' copy or a tiny stand-in.
+
+basicsr's ``parse_options`` (unsafe YAML loading, ``eval``/``exec`` of ``--force_yml``, ``name`` joined into
+paths) is replaced as a whole by ``hinet_plugins.run_options.parse_options``, installed by the launcher.
 
 Not here (they are features or launcher behaviour of this package, not adaptations): the exact mid-epoch resume
 (``hinet_plugins/resume.py``), the launcher hooks (``hinet_plugins/launch.py``: option checks, ``--local-rank``)
 and the CPU-safe DDP wrapping (``MultiStageRestorationModel.model_to_device``).
 """
+import collections
 import os
 import sys
 import types
@@ -96,11 +98,11 @@ def dist_backend():
 
 
 def resume_state_path(opt):
-    """The state file a run resumes from, as upstream finds it: with ``--auto_resume`` the newest
-    ``experiments/<name>/training_states/<iter>.state`` relative to the working directory, else
+    """The state file a run resumes from: with ``--auto_resume`` the newest ``<iter>.state`` in the run's
+    ``training_states`` folder under its root (upstream looks in ``experiments/`` of the current folder), else
     ``path.resume_state``; None when there is none."""
     if opt.get('auto_resume'):
-        state_dir = os.path.join('experiments', opt['name'], 'training_states')
+        state_dir = opt['path'].get('training_states') or os.path.join('experiments', opt['name'], 'training_states')
         if os.path.isdir(state_dir):
             iters = [int(f[:-len('.state')]) for f in os.listdir(state_dir)
                      if f.endswith('.state') and f[:-len('.state')].isdigit()]
@@ -111,7 +113,7 @@ def resume_state_path(opt):
 
 
 def load_resume_state(opt):
-    """Upstream's ``load_resume_state`` (same lookup, ``resume_state_path``), CPU-safe."""
+    """Upstream's ``load_resume_state`` (same lookup, ``resume_state_path``), CPU-safe and code-free."""
     path = resume_state_path(opt)
     if not path:
         return None
@@ -130,16 +132,30 @@ def load_resume_state(opt):
 
 
 TRAINING_STATE_KEYS = ('epoch', 'iter', 'optimizers', 'schedulers')
+# What a training state may hold besides tensors and plain containers: basicsr's MultiStepRestartLR keeps its
+# milestones in a Counter (rebuilt from a dict: no code of the file runs).
+STATE_GLOBALS = [collections.Counter]
 
 
 def read_training_state(path, map_location='cpu'):
-    """A basicsr training state (``experiments/<name>/training_states/<iter>.state``), or ConfigError naming the
-    file when it is not one (not a pickle, truncated, another kind of file)."""
+    """A basicsr training state (``experiments/<name>/training_states/<iter>.state``), read with
+    ``weights_only=True`` (tensors, numbers, strings and containers only: nothing in the file can run code), or
+    ConfigError naming the file when it is not one (not a pickle, truncated, another kind of file, or a pickle of
+    other objects, e.g. a state written by code that stored numpy arrays)."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(STATE_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001  (unpickling raises many types; all mean "not a state file")
+        text = str(err)
+        if text.startswith('Weights only load failed'):  # refused by the weights-only unpickler: say what
+            lines = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+            reason = lines[0] if lines else 'unsupported object'
+            raise ConfigError(f"path.resume_state: '{path}' holds objects other than tensors, numbers and "
+                              f'containers ({reason[:160]}); it is not loaded, since unpickling them could run '
+                              'code. Resume from a state written by this version, or start from the weights '
+                              '(path.pretrain_network_g)') from None
         raise ConfigError(f"path.resume_state: '{path}' is not a training state ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
+                          f"{text.splitlines()[0] if text else 'unreadable'})") from None
     missing = [k for k in TRAINING_STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         found = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
@@ -148,44 +164,71 @@ def read_training_state(path, map_location='cpu'):
     return state
 
 
-_upstream_init_dist = _bsr_dist.init_dist
+def choose_backend(wanted=None):
+    """``BASICSR_DIST_BACKEND`` when set; else ``wanted`` (``dist_params.backend``) unless it is nccl without a
+    GPU (gloo then, with a warning); else nccl on CUDA, gloo on the CPU."""
+    if os.environ.get('BASICSR_DIST_BACKEND'):
+        return os.environ['BASICSR_DIST_BACKEND']
+    if wanted == 'nccl' and not cuda_present():
+        warnings.warn('dist_params.backend is nccl but no GPU is present: using gloo', stacklevel=3)
+        return 'gloo'
+    return wanted or dist_backend()
 
 
-def init_dist(launcher, backend=None, **kwargs):
-    if launcher != 'pytorch':
-        return _upstream_init_dist(launcher, backend=backend or dist_backend(), **kwargs)
+def _first_slurm_host(node_list):
+    import shutil
+    import subprocess
+    scontrol = shutil.which('scontrol')
+    if scontrol is None:
+        raise ConfigError('--launcher slurm: scontrol is not on PATH (needed to find the first node of '
+                          f"SLURM_NODELIST '{node_list}'); set MASTER_ADDR instead")
+    out = subprocess.run([scontrol, 'show', 'hostnames', node_list], capture_output=True, text=True, timeout=60)
+    hosts = out.stdout.split()
+    if out.returncode != 0 or not hosts:
+        raise ConfigError(f"--launcher slurm: 'scontrol show hostnames {node_list}' failed: "
+                          f'{(out.stderr or out.stdout).strip()[:200]}')
+    return hosts[0]
+
+
+def slurm_environment(dist_params):
+    """torch.distributed's variables from slurm's (``srun``): RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS,
+    LOCAL_RANK = SLURM_LOCALID, MASTER_ADDR = the first node (``scontrol``) unless set, MASTER_PORT from the
+    environment, else ``dist_params.port``, else 29500."""
+    need = ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')
+    missing = [k for k in need if k not in os.environ]
+    if missing:
+        raise ConfigError(f'--launcher slurm: {", ".join(missing)} not set (start the command with srun)')
+    os.environ['RANK'] = os.environ['SLURM_PROCID']
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+    if not os.environ.get('MASTER_ADDR'):
+        os.environ['MASTER_ADDR'] = _first_slurm_host(os.environ['SLURM_NODELIST'])
+    if not os.environ.get('MASTER_PORT'):
+        os.environ['MASTER_PORT'] = str(dist_params.get('port') or 29500)
+
+
+def init_dist(launcher, opt=None, backend=None, **kwargs):
+    """Start the process group for ``--launcher pytorch`` (torchrun's variables) or ``slurm`` (``srun``'s).
+    Upstream always takes nccl and calls ``torch.cuda.set_device(rank % device_count())`` (ZeroDivisionError on a
+    CPU node), and applies ``--force_yml`` only after this point. Here: ``choose_backend``, the device from
+    ``LOCAL_RANK`` on CUDA only, ``spawn`` only on CUDA (on the CPU it makes every DataLoader worker re-import
+    torch)."""
     import torch.distributed as dist
     import torch.multiprocessing as mp
+    dist_params = dict((opt or {}).get('dist_params') or {})
+    if launcher == 'slurm':
+        slurm_environment(dist_params)
+    elif launcher != 'pytorch':
+        raise ConfigError(f"--launcher must be none, pytorch or slurm, got '{launcher}'")
     if cuda_present():
         if mp.get_start_method(allow_none=True) is None:
             mp.set_start_method('spawn')
         local_rank = int(os.environ.get('LOCAL_RANK', os.environ.get('RANK', 0)))
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    dist.init_process_group(backend=backend or dist_backend(), **kwargs)
-
-
-_upstream_yml_value = _bsr_options._postprocess_yml_value
-
-
-def postprocess_yml_value(value):
-    parsed = _upstream_yml_value(value)
-    if isinstance(parsed, str):
-        import yaml
-        try:
-            scalar = yaml.safe_load(value)
-        except yaml.YAMLError:
-            return parsed
-        if isinstance(scalar, (int, float)) and not isinstance(scalar, bool):
-            return scalar
-        try:
-            return float(value)  # '1e-4': YAML 1.1 wants a dot in floats
-        except ValueError:
-            return parsed
-    return parsed
+    dist.init_process_group(backend=choose_backend(backend or dist_params.get('backend')), **kwargs)
 
 
 if not getattr(basicsr, '_hinet_plugins_patched', False):
-    _bsr_options._postprocess_yml_value = postprocess_yml_value
     _bsr_train.load_resume_state = load_resume_state  # looked up as a module global by train_pipeline
     _bsr_dist.init_dist = _bsr_options.init_dist = init_dist
     basicsr._hinet_plugins_patched = True

@@ -20,22 +20,25 @@ and ``--checkpoint`` build one directly and override the option file.
 Everything here is ``hinet_plugins.restore`` (the Python API: ``Restorer.load(...)(image)``); this file only reads
 and writes the files.
 
-Images (``cv2.IMREAD_UNCHANGED``): grayscale is restored as replicated RGB by a 3-channel net and saved gray (the
-mean of the restored channels); RGBA keeps its alpha channel untouched; 16-bit images are restored at full
-precision and saved 16-bit; float images (e.g. 32-bit TIFF) are taken as [0, 1]; any size works (the archs pad).
-Outputs keep the input file names. Files that cannot be read are reported and skipped; the exit status is then 1.
+Images (``hinet_plugins.restore.image_files``): grayscale is restored as replicated RGB by a 3-channel net and
+saved gray (the mean of the restored channels); RGBA and gray + alpha keep their alpha channel untouched; 16-bit
+images are restored at full precision and saved 16-bit; float images (e.g. 32-bit TIFF) are taken as [0, 1] and
+refused when a pixel is NaN or infinite; the EXIF orientation is applied (the output shows as the input shows);
+any size works (the archs pad). Outputs keep the input file names and are written atomically; an output folder
+that would write over an input (also through a symbolic link or '..') is refused. Files that cannot be read are
+reported and skipped; the exit status is then 1.
 """
 import argparse
 import os
 import sys
 
-import cv2
 import torch
 
 import hinet_plugins  # noqa: F401  (compat + registration)
 from hinet_plugins.errors import ConfigError
 from hinet_plugins.cli import ArgumentParser, add_model_arguments  # noqa: E402
 from hinet_plugins.restore import Restorer, amp_dtype, check_tile, parse_key_values
+from hinet_plugins.restore.image_files import read_image, write_image
 
 IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
@@ -49,6 +52,19 @@ def list_inputs(path):
             raise ConfigError(f"no images ({', '.join(IMG_EXTS)}) in '{path}'")
         return files
     raise ConfigError(f"input '{path}' does not exist")
+
+
+def check_output_folder(output, files):
+    """The output folder (absolute): not a file, and never one where an input would be written over (compared
+    after resolving symbolic links and '..')."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ConfigError(f"-o/--output '{output}' is a file; give a folder (created if missing)")
+    out_dir = os.path.realpath(output)
+    inputs = {os.path.realpath(f) for f in files}
+    if any(os.path.realpath(os.path.join(out_dir, os.path.basename(f))) in inputs for f in files):
+        raise ConfigError(f"-o/--output '{output}' is the input folder (resolved: '{out_dir}'): the inputs would be "
+                          'overwritten; give another folder')
+    return out_dir
 
 
 def pick_device(name):
@@ -77,9 +93,7 @@ def load(args):
     """Everything checked before anything is written: inputs, output folder, device, settings, the model."""
     check_tile(args.tile, args.tile_overlap, names=('--tile', '--tile-overlap'))
     files = list_inputs(args.input)
-    out_dir = os.path.abspath(args.output)
-    if any(os.path.dirname(os.path.abspath(f)) == out_dir for f in files):
-        raise ConfigError(f"output folder '{args.output}' is the input folder: the inputs would be overwritten")
+    out_dir = check_output_folder(args.output, files)
     device = pick_device(args.device)
     amp_dtype(args.amp, device, key='--amp')
     tlc = None
@@ -102,10 +116,15 @@ def main(argv=None):
         sys.exit(2)
     print(f'{restorer.description}; {len(files)} image(s) -> {args.output} on {device}'
           + (f' (amp {args.amp})' if args.amp else ''), flush=True)
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:
+        print(f"hinet_plugins: error: -o/--output '{args.output}' cannot be created: {err.strerror or err}",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
     failed = []
     for path in tqdm(files, unit='img', desc='restore'):
-        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        img = read_image(path)
         if img is None:
             failed.append(path)
             tqdm.write(f"skipped '{path}': not a readable image", file=sys.stderr)
@@ -117,9 +136,11 @@ def main(argv=None):
             tqdm.write(f"skipped '{path}': {err}", file=sys.stderr)
             continue
         target = os.path.join(out_dir, os.path.basename(path))
-        if not cv2.imwrite(target, out):
+        try:
+            write_image(target, out)
+        except (OSError, ValueError) as err:
             failed.append(path)
-            tqdm.write(f"could not write '{target}'", file=sys.stderr)
+            tqdm.write(f"could not write '{target}': {err}", file=sys.stderr)
     print(f'done: {len(files) - len(failed)} restored, {len(failed)} failed', flush=True)
     if failed:
         sys.exit(1)

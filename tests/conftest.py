@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny paired dataset (LMDB + folders) from skimage photos, option-file writers, launchers."""
+import contextlib
 import copy
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -8,6 +11,7 @@ import pytest
 import yaml
 
 import hinet_plugins  # noqa: F401  (compat + registration before anything of basicsr)
+from hinet_plugins import launch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -70,6 +74,25 @@ def run_cli(args, cwd, env_extra=None, timeout=600, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f'command failed ({proc.returncode}): {" ".join(map(str, args))}\n{proc.stdout[-6000:]}')
     return proc
+
+
+def run_launcher(root, opt_path, *flags, mode='train', monkeypatch):
+    """``python basicsr/<mode>.py -opt OPT flags`` in-process, from ``root``; returns (exit code, stderr text)."""
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(sys, 'argv', [f'basicsr/{mode}.py', '-opt', str(opt_path), *flags])
+    err = io.StringIO()
+    code = 0
+    # basicsr's logger is a process-wide singleton: its console handler may still hold the stream of an earlier
+    # test (closed by now); point it at this test's stderr for the duration of the call
+    for handler in logging.getLogger('basicsr').handlers:
+        if type(handler) is logging.StreamHandler:
+            monkeypatch.setattr(handler, 'stream', err)
+    with contextlib.redirect_stderr(err):
+        try:
+            launch.run(mode, str(root))
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, err.getvalue()
 
 
 def train_module(opt_path, cwd, *extra, **kw):

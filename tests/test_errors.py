@@ -4,44 +4,20 @@ Most cases run the launcher function in-process (``hinet_plugins.launch.run``, t
 ``basicsr/train.py``) with ``sys.argv`` set as the shell would: fast, and an escaping exception fails the test.
 One case runs the literal ``python basicsr/train.py`` to check the real exit code and stderr.
 """
-import contextlib
 import errno
 import glob
-import io
-import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import PY, REPO, base_options, write_options
+from conftest import PY, REPO, base_options, run_launcher, write_options
 
-from hinet_plugins import launch
 from hinet_plugins.utils.checkpoint import CheckpointWriteError, atomic_torch_save
-
-
-def run_launcher(root, opt_path, *flags, mode='train', monkeypatch):
-    """``python basicsr/<mode>.py -opt OPT flags`` in-process, from ``root``; returns (exit code, stderr text)."""
-    monkeypatch.chdir(root)
-    monkeypatch.setattr(sys, 'argv', [f'basicsr/{mode}.py', '-opt', str(opt_path), *flags])
-    err = io.StringIO()
-    code = 0
-    # basicsr's logger is a process-wide singleton: its console handler may still hold the stream of an earlier
-    # test (closed by now); point it at this test's stderr for the duration of the call
-    for handler in logging.getLogger('basicsr').handlers:
-        if type(handler) is logging.StreamHandler:
-            monkeypatch.setattr(handler, 'stream', err)
-    with contextlib.redirect_stderr(err):
-        try:
-            launch.run(mode, str(root))
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, err.getvalue()
 
 
 def expect_error(root, opt, monkeypatch, *fragments, flags=()):

@@ -16,8 +16,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import PY, REPO, base_options, write_options
-from test_errors import run_launcher
+from conftest import PY, REPO, base_options, run_launcher, write_options
 
 from basicsr.archs import build_network
 

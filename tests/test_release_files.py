@@ -16,8 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import PY, REPO, run_cli
-from test_errors import run_launcher
+from conftest import PY, REPO, run_cli, run_launcher
 
 from basicsr.archs import build_network
 from basicsr.data import build_dataset

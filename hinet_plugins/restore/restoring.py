@@ -1,7 +1,8 @@
 """Restore image arrays and tensors with a loaded network: tiling, x8 self-ensemble, amp.
 
-Images. ``restore_image`` takes an H x W (gray), H x W x 3 (RGB, or BGR with ``channel_order='bgr'`` as cv2
-reads it) or H x W x 4 (the same + alpha) array of uint8, uint16 or float (taken as [0, 1]) and returns the same
+Images. ``restore_image`` takes an H x W (gray), H x W x 2 (gray + alpha), H x W x 3 (RGB, or BGR with
+``channel_order='bgr'`` as cv2 reads it) or H x W x 4 (the same + alpha) array of uint8, uint16 or float (taken
+as [0, 1]; NaN or infinite values are refused with a ValueError, never restored) and returns the same
 shape and dtype. Gray is restored as replicated RGB by a 3-channel net and returned as the mean of the restored
 channels; a 1-channel net restores gray as it is and colour channel by channel; alpha is passed through untouched.
 Integer outputs are rounded (``round(clamp(y, 0, 1) * max)``: what basicsr's ``tensor2img`` does for uint8).
@@ -101,11 +102,15 @@ def restore_image(net, img, device='cpu', channel_order='rgb', **kw):
     scale = _pixel_scale(img)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
-        raise ValueError(f'expected an H x W, H x W x 3 or H x W x 4 image, got shape {img.shape}')
-    alpha = img[..., 3] if img.ndim == 3 and img.shape[2] == 4 else None
-    gray = img.ndim == 2
-    color = np.repeat(img[..., None], 3, axis=2) if gray else img[..., :3]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (2, 3, 4)):
+        raise ValueError(f'expected an H x W, H x W x 2, H x W x 3 or H x W x 4 image, got shape {img.shape}')
+    if img.dtype.kind == 'f' and not np.isfinite(img).all():
+        bad = int(img.size - np.isfinite(img).sum())
+        raise ValueError(f'{bad} pixel value(s) are NaN or infinite; replace them (e.g. with 0) before restoring')
+    alpha = img[..., -1] if img.ndim == 3 and img.shape[2] in (2, 4) else None
+    gray = img.ndim == 2 or img.shape[2] == 2
+    plain = img[..., 0] if gray and img.ndim == 3 else img
+    color = np.repeat(plain[..., None], 3, axis=2) if gray else img[..., :3]
     if channel_order == 'bgr':
         color = color[..., ::-1]
     rgb = torch.from_numpy(np.ascontiguousarray(color.transpose(2, 0, 1)).astype(np.float32) / scale)
@@ -116,7 +121,10 @@ def restore_image(net, img, device='cpu', channel_order='rgb', **kw):
         x = rgb[:1, None] if gray else rgb[:, None]
     else:
         raise ValueError(f'the network takes {n_in} input channels; only 1 or 3 are supported here')
-    y = restore_tensor(net, x.to(device), **kw).clamp_(0, 1).cpu()
+    y = restore_tensor(net, x.to(device), **kw)
+    if not torch.isfinite(y).all():
+        raise ValueError('the network produced NaN or infinite values (is the input in range? try without amp)')
+    y = y.clamp_(0, 1).cpu()
     y = y[0] if n_in == 3 else y[:, 0]
     if gray:
         out = y.mean(0).numpy()
@@ -126,7 +134,7 @@ def restore_image(net, img, device='cpu', channel_order='rgb', **kw):
             out = out[..., ::-1]
     out = np.round(out * scale).astype(img.dtype) if scale > 1 else out.astype(img.dtype)
     if alpha is not None:
-        out = np.concatenate([out, alpha[..., None]], axis=2)
+        out = np.concatenate([out.reshape(*out.shape[:2], -1), alpha[..., None]], axis=2)
     return np.ascontiguousarray(out)
 
 

@@ -1,6 +1,8 @@
 """Checkpoint writing and checking."""
+import contextlib
 import os
 import random
+import re
 import tempfile
 
 import numpy as np
@@ -15,17 +17,16 @@ def atomic_torch_save(obj, path):
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
 
     A crash, kill or full disk during the write leaves the previous file at ``path`` untouched; the error is
-    raised (not swallowed as upstream does), so a failed save is never mistaken for a good one. A temporary file
-    left by a process killed mid-write is removed by the next save of the same path.
+    raised (not swallowed as upstream does), so a failed save is never mistaken for a good one. The temporary
+    files that a process killed mid-write left in the folder (``.<name>.pth.<random>.tmp``, ``.<iter>.state.…``)
+    are removed by the next save into that folder.
     """
     folder = os.path.dirname(os.path.abspath(path))
     prefix = '.' + os.path.basename(path) + '.'
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        for stale in os.listdir(folder):  # left by a process killed while writing this same file
-            if stale.startswith(prefix) and stale.endswith('.tmp'):
-                os.remove(os.path.join(folder, stale))
+        remove_stale_temporaries(folder)
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix='.tmp', dir=folder)
         with os.fdopen(fd, 'wb') as f:
             torch.save(obj, f)
@@ -39,6 +40,17 @@ def atomic_torch_save(obj, path):
             raise CheckpointWriteError(err.errno, f"could not write checkpoint '{path}' ({err.strerror or err}); "
                                        'the previous file at that path, if any, is unchanged') from err
         raise
+
+
+STALE_TEMPORARY = re.compile(r'^\..+\.(pth|state)\.[A-Za-z0-9_]+\.tmp$')
+
+
+def remove_stale_temporaries(folder):
+    """Remove what ``atomic_torch_save`` leaves when killed mid-write (one process writes a run's folder)."""
+    for name in os.listdir(folder):
+        if STALE_TEMPORARY.match(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
 
 
 def rng_states():

@@ -1,0 +1,282 @@
+"""Nothing from a file or a command-line value runs code, runs stay inside their folders, inputs are never written
+over. Each payload would create a marker file if it ran; the marker must not exist afterwards, and a rejected
+command leaves the tree as it was (names and contents)."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import PY, REPO, base_options, run_launcher, write_options
+from hinet_plugins.compat import STATE_GLOBALS, read_training_state
+from hinet_plugins.errors import ConfigError
+from hinet_plugins.restore import Restorer
+from hinet_plugins.restore.image_files import apply_orientation, read_image
+
+NET = {'type': 'HINet', 'wf': 4, 'depth': 3}
+
+
+def snapshot(root):
+    """{relative path: sha256} of every file and folder under ``root``."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(folder, name), root)] = 'dir'
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, 'rb') as f:
+                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def launch(cwd, *args, mode='train'):
+    """``python -m hinet_plugins.<mode> ARGS`` in ``cwd`` (a real process: exit code, stderr)."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    return subprocess.run([PY, '-m', f'hinet_plugins.{mode}', *args], cwd=str(cwd), env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def assert_rejected(result, *fragments):
+    """``result``: a CompletedProcess or ``run_launcher``'s (exit code, stderr)."""
+    code, err = (result.returncode, result.stderr) if hasattr(result, 'returncode') else result
+    assert code == 2, err[-3000:]
+    assert 'Traceback' not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith('hinet_plugins: error:'), line
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    return line
+
+
+class Payload:
+    """Unpickling this object runs ``touch <marker>``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+@pytest.fixture
+def run_root(tmp_path, tiny_data):
+    """A folder holding a finished run (``experiments/tiny``) and the option file that made it, plus a marker path."""
+    root = tmp_path / 'root'
+    root.mkdir()
+    opt = base_options(tiny_data, name='tiny', network=NET, total_iter=2)
+    return root, opt, tmp_path / 'MARKER'
+
+
+# ------------------------------------------------------------------------------------------ training states
+@pytest.mark.slow
+def test_crafted_state_never_runs(run_root):
+    root, opt, marker = run_root
+    state = root / 'evil.state'
+    torch.save({'epoch': 0, 'iter': 2, 'optimizers': [], 'schedulers': [], 'x': Payload(marker)}, state)
+    opt['path']['resume_state'] = str(state)
+    path = write_options(opt, root / 'opt.yml')
+    before = snapshot(root)
+    assert_rejected(launch(root, '-opt', path), str(state), 'could run code')
+    assert not marker.exists() and snapshot(root) == before
+    # the same file found by --auto_resume in the run's own folder
+    opt['path']['resume_state'] = None
+    path = write_options(opt, root / 'opt.yml')
+    states = root / 'experiments' / 'tiny' / 'training_states'
+    states.mkdir(parents=True)
+    os.replace(state, states / '2.state')
+    before = snapshot(root)
+    assert_rejected(launch(root, '-opt', path, '--auto_resume'), '2.state', 'could run code')
+    assert not marker.exists() and snapshot(root) == before
+
+
+@pytest.mark.slow
+def test_states_written_by_training_load_weights_only(run_root):
+    root, opt, _ = run_root
+    opt['train']['scheduler'] = {'type': 'MultiStepLR', 'milestones': [1], 'gamma': 0.5}  # a Counter inside
+    proc = launch(root, '-opt', write_options(opt, root / 'opt.yml'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = root / 'experiments' / 'tiny' / 'training_states' / '2.state'
+    with torch.serialization.safe_globals(STATE_GLOBALS):
+        state = torch.load(path, weights_only=True)
+    assert state['iter'] == 2 and read_training_state(str(path))['iter'] == 2
+
+
+# ------------------------------------------------------------------------------------------ --force_yml
+@pytest.mark.parametrize('entry, fragments', [
+    ("train:total_iter=[__import__('os').system('touch {marker}')]", ['train:total_iter must be a number']),
+    ('name"];__import__("os").system("touch {marker}");opt["zz=1', ['has no']),
+    ('train:total_itr=4', ["did you mean 'train:total_iter'", 'train:total_itr+=4']),
+    ('train:total_iter+=4', ['exists already']),
+    ('datasets:train:gt_size=!!python/object/apply:os.system ["touch {marker}"]', ['not a YAML literal']),
+])
+def test_force_yml_is_data(run_root, entry, fragments, monkeypatch):
+    root, opt, marker = run_root
+    path = write_options(opt, root / 'opt.yml')
+    before = snapshot(root)
+    flags = ('--force_yml', entry.format(marker=marker))
+    assert_rejected(run_launcher(root, path, *flags, monkeypatch=monkeypatch), *fragments)
+    assert not marker.exists() and snapshot(root) == before
+
+
+def test_yaml_tags_in_option_file_never_run(run_root, monkeypatch):
+    root, opt, marker = run_root
+    path = write_options(opt, root / 'opt.yml')
+    with open(path, 'a') as f:
+        f.write(f'extra: !!python/object/apply:os.system ["touch {marker}"]\n')
+    before = snapshot(root)
+    assert_rejected(run_launcher(root, path, monkeypatch=monkeypatch), 'not valid YAML')
+    assert not marker.exists() and snapshot(root) == before
+
+
+@pytest.mark.slow
+def test_new_key_on_purpose_and_root_from_options(run_root, tmp_path):
+    """``path:root+=DIR`` adds a key the file does not have; the run then lives under DIR, started elsewhere."""
+    root, opt, _ = run_root
+    path = write_options(opt, root / 'opt.yml')
+    elsewhere = tmp_path / 'cluster_scratch'
+    proc = launch(root, '-opt', path, '--force_yml', f'path:root+={elsewhere}', 'train:total_iter=1',
+                  'logger:save_checkpoint_freq=1', 'val:val_freq=1')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (elsewhere / 'experiments' / 'tiny' / 'models' / 'net_g_1.pth').is_file()
+    assert not (root / 'experiments').exists()
+
+
+# ------------------------------------------------------------------------------------------ run folders
+@pytest.mark.parametrize('key, value', [('name', '../victim'), ('name', '../../victim'), ('name', '/ABS/victim'),
+                                        ('name', '..'), ('datasets.val.name', '../../../victim'),
+                                        ('val.suffix', '../../victim'), ('path.extra_folder', '/ABS/victim')])
+def test_runs_stay_in_their_folders(run_root, tmp_path, key, value, monkeypatch):
+    root, opt, _ = run_root
+    victim = tmp_path / 'victim'
+    victim.mkdir()
+    (victim / 'thesis.txt').write_text('mine')
+    node = opt
+    *parents, last = key.split('.')
+    for part in parents:
+        node = node[part]
+    node[last] = value.replace('/ABS', str(tmp_path))
+    path = write_options(opt, root / 'opt.yml')
+    before, outside = snapshot(root), snapshot(tmp_path)
+    for mode in ('train', 'test'):
+        assert_rejected(run_launcher(root, path, mode=mode, monkeypatch=monkeypatch), key.split('.')[-1])
+    assert snapshot(root) == before and snapshot(tmp_path) == outside
+
+
+# ------------------------------------------------------------------------------------------ inference
+def inference(*args):
+    """``scripts/inference.py ARGS --device cpu`` in-process: (exit code, stderr)."""
+    import contextlib
+    import importlib.util
+    import io
+    spec = importlib.util.spec_from_file_location('inference_script', os.path.join(REPO, 'scripts', 'inference.py'))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    err, code = io.StringIO(), 0
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            script.main([*args, '--device', 'cpu'])
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, err.getvalue()
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    from basicsr.archs import build_network
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('ckpt') / 'net.pth'
+    torch.save({'params': build_network(dict(NET)).state_dict()}, path)
+    return str(path)
+
+
+def model_args(checkpoint):
+    return ['--arch', 'HINet', '--arch-opt', 'wf=4', '--arch-opt', 'depth=3', '--checkpoint', checkpoint]
+
+
+def test_inputs_are_never_overwritten(tmp_path, checkpoint):
+    src = tmp_path / 'in'
+    src.mkdir()
+    photo = np.random.default_rng(0).integers(0, 256, (24, 20, 3), dtype=np.uint8)
+    cv2.imwrite(str(src / 'photo.png'), photo)
+    (tmp_path / 'link').symlink_to(src, target_is_directory=True)
+    (tmp_path / 'a_file.png').write_bytes(b'not a folder')
+    before = snapshot(tmp_path)
+    for out, fragment in ((tmp_path / 'link', 'is the input folder'), (src / '..' / 'in', 'is the input folder'),
+                          (tmp_path / 'a_file.png', 'is a file')):
+        assert_rejected(inference('-i', str(src), '-o', str(out), *model_args(checkpoint)), fragment)
+        assert snapshot(tmp_path) == before
+
+
+def test_non_finite_pixels_are_refused(tmp_path, checkpoint):
+    img = np.random.default_rng(0).random((20, 24, 3)).astype(np.float32)
+    img[3, 4, 1] = np.nan
+    img[5, 6, 0] = np.inf
+    src = tmp_path / 'in'
+    src.mkdir()
+    cv2.imwrite(str(src / 'scan.tiff'), img)
+    code, err = inference('-i', str(src), '-o', str(tmp_path / 'out'), *model_args(checkpoint))
+    assert code == 1 and 'scan.tiff' in err and '2 pixel value(s) are NaN or infinite' in err
+    assert not (tmp_path / 'out' / 'scan.tiff').exists()
+    with pytest.raises(ValueError, match='NaN or infinite'):
+        Restorer.load(arch='HINet', arch_opt={'wf': 4, 'depth': 3}, checkpoint=checkpoint)(img)
+
+
+def exif_png(path, img_rgb, orientation):
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(img_rgb).save(path, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize('orientation', [6, 3, 5])
+def test_exif_orientation_is_applied(tmp_path, checkpoint, orientation):
+    from PIL import Image, ImageOps
+    rgb = np.random.default_rng(orientation).integers(0, 256, (20, 28, 3), dtype=np.uint8)
+    src = tmp_path / 'in'
+    src.mkdir()
+    exif_png(src / 'phone.png', rgb, orientation)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(src / 'phone.png')).convert('RGB'))
+    assert np.array_equal(read_image(str(src / 'phone.png'))[..., ::-1], upright)  # as a viewer shows it
+    assert np.array_equal(apply_orientation(rgb, orientation), upright)
+    code, err = inference('-i', str(src), '-o', str(tmp_path / 'out'), *model_args(checkpoint))
+    assert code == 0, err[-2000:]
+    out = cv2.imread(str(tmp_path / 'out' / 'phone.png'), cv2.IMREAD_UNCHANGED)[..., ::-1]
+    expected = Restorer.load(arch='HINet', arch_opt={'wf': 4, 'depth': 3}, checkpoint=checkpoint)(upright)
+    assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize('dtype', [np.uint8, np.uint16])
+def test_gray_alpha_stays_gray_alpha(tmp_path, checkpoint, dtype):
+    from hinet_plugins.restore.image_files import write_image
+    top = np.iinfo(dtype).max
+    rng = np.random.default_rng(1)
+    la = np.stack([rng.integers(0, top, (18, 22)), rng.integers(0, top, (18, 22))], -1).astype(dtype)
+    src = tmp_path / 'in'
+    src.mkdir()
+    write_image(str(src / 'icon.png'), la)
+    assert np.array_equal(read_image(str(src / 'icon.png')), la)
+    code, err = inference('-i', str(src), '-o', str(tmp_path / 'out'), *model_args(checkpoint))
+    assert code == 0, err[-2000:]
+    with open(tmp_path / 'out' / 'icon.png', 'rb') as f:
+        assert f.read(26)[25] == 4  # PNG colour type 4: gray + alpha
+    out = read_image(str(tmp_path / 'out' / 'icon.png'))
+    restorer = Restorer.load(arch='HINet', arch_opt={'wf': 4, 'depth': 3}, checkpoint=checkpoint)
+    assert out.dtype == dtype and out.shape == la.shape
+    assert np.array_equal(out[..., 1], la[..., 1])  # alpha untouched
+    assert np.array_equal(out[..., 0], restorer(la[..., 0]))  # gray restored as plain gray is
+
+
+# ------------------------------------------------------------------------------------------ interrupted writes
+def test_leftovers_of_interrupted_checkpoint_writes_are_removed(tmp_path):
+    from hinet_plugins.utils.checkpoint import atomic_torch_save
+    folder = tmp_path / 'models'
+    folder.mkdir()
+    for name in ('.net_g_4.pth.k2j4x9_a.tmp', '.8.state.abcdefgh.tmp'):
+        (folder / name).write_bytes(b'half')
+    (folder / 'notes.tmp').write_text('the user\'s')
+    atomic_torch_save({'params': {}}, str(folder / 'net_g_8.pth'))
+    assert sorted(os.listdir(folder)) == ['net_g_8.pth', 'notes.tmp']
