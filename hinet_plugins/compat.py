@@ -18,7 +18,11 @@ Patches:
    (ZeroDivisionError without a GPU; the slurm path too); ``options.py`` holds its own reference, so both names
    are replaced. Ours: ``choose_backend`` (gloo without a GPU whatever ``dist_params.backend`` says),
    ``LOCAL_RANK`` for the device, slurm's variables mapped to torch's, and ``spawn`` only on CUDA.
-4. ``distutils`` is gone from the standard library on Python >= 3.12 but ``basicsr/archs/arch_util.py:6``
+4. ``basicsr.utils.logger.init_wandb_logger`` calls ``wandb.util.generate_id``, removed in wandb 0.28.2
+   (AttributeError after the run folder exists), and lets wandb write ``./wandb`` in the current folder. Ours
+   makes the id itself and writes under the run folder (``logger.wandb.project``; ``WANDB_MODE=offline`` works
+   without a network). Drop when basicsr's logger works with current wandb.
+5. ``distutils`` is gone from the standard library on Python >= 3.12 but ``basicsr/archs/arch_util.py:6``
    imports ``distutils.version.LooseVersion``: we provide it from setuptools' copy or a tiny stand-in.
 
 basicsr's ``parse_options`` (unsafe YAML loading, ``eval``/``exec`` of ``--force_yml``, ``name`` joined into
@@ -29,6 +33,7 @@ Not here (they are features or launcher behaviour of this package, not adaptatio
 and the CPU-safe DDP wrapping (``MultiStageRestorationModel.model_to_device``).
 """
 import collections
+import io
 import os
 import sys
 import types
@@ -137,14 +142,16 @@ TRAINING_STATE_KEYS = ('epoch', 'iter', 'optimizers', 'schedulers')
 STATE_GLOBALS = [collections.Counter]
 
 
-def read_training_state(path, map_location='cpu'):
+def read_training_state(path, map_location='cpu', source=None):
     """A basicsr training state (``experiments/<name>/training_states/<iter>.state``), read with
     ``weights_only=True`` (tensors, numbers, strings and containers only: nothing in the file can run code), or
     ConfigError naming the file when it is not one (not a pickle, truncated, another kind of file, or a pickle of
-    other objects, e.g. a state written by code that stored numpy arrays)."""
+    other objects, e.g. a state written by code that stored numpy arrays). ``source``: the file's bytes, when
+    they came from another rank (``path`` then only names it)."""
     try:
         with torch.serialization.safe_globals(STATE_GLOBALS):
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            state = torch.load(io.BytesIO(source) if source is not None else path, map_location=map_location,
+                               weights_only=True)
     except Exception as err:  # noqa: BLE001  (unpickling raises many types; all mean "not a state file")
         text = str(err)
         if text.startswith('Weights only load failed'):  # refused by the weights-only unpickler: say what
@@ -228,7 +235,23 @@ def init_dist(launcher, opt=None, backend=None, **kwargs):
     dist.init_process_group(backend=choose_backend(backend or dist_params.get('backend')), **kwargs)
 
 
+@_bsr_dist.master_only
+def init_wandb_logger(opt):
+    """basicsr's wandb start (it only syncs the TensorBoard events), for today's wandb: patch 4."""
+    import secrets
+
+    import wandb
+    from basicsr.utils import get_root_logger
+    settings = opt['logger']['wandb']
+    run_id = settings.get('resume_id') or secrets.token_hex(4)
+    folder = opt['path'].get('experiments_root') or opt['path']['log']
+    wandb.init(id=run_id, resume='allow' if settings.get('resume_id') else 'never', name=opt['name'], config=opt,
+               project=settings['project'], sync_tensorboard=True, dir=folder)
+    get_root_logger().info(f"Use wandb logger with id={run_id}; project={settings['project']}; files in {folder}.")
+
+
 if not getattr(basicsr, '_hinet_plugins_patched', False):
+    _bsr_train.init_wandb_logger = init_wandb_logger  # a module global of train_pipeline's init_tb_loggers
     _bsr_train.load_resume_state = load_resume_state  # looked up as a module global by train_pipeline
     _bsr_dist.init_dist = _bsr_options.init_dist = init_dist
     basicsr._hinet_plugins_patched = True

@@ -30,10 +30,43 @@ _parsed = {}  # the options of the current run, as parsed (for the curves writte
 def parse_options(root_path, is_train=True):
     """basicsr's ``parse_options(root_path, is_train)``, safe and checked (module docstring)."""
     opt, args = run_options.parse_options(root_path, is_train, sys.argv[1:], init_dist=compat.init_dist)
-    check_options(opt, args.opt)
-    preflight(opt, args.opt)
+    error = None
+    try:
+        check_options(opt, args.opt)
+        preflight(opt, args.opt)
+    except ConfigError as err:
+        error = err
+    agree(opt, error)
     _parsed['opt'] = opt
     return opt, args
+
+
+AGREED_OPTIONS = ('name', 'model_type', 'manual_seed', 'network_g', 'train', 'scale')
+
+
+def agree(opt, error):
+    """With several ranks, every rank learns whether any rank's checks failed or its options differ from rank
+    0's (another file on another node), and then all stop with one line, instead of the others waiting for it."""
+    if not opt.get('dist'):
+        if error is not None:
+            raise error
+        return
+    import json
+
+    import torch.distributed as dist
+    mine = json.dumps({k: opt.get(k) for k in AGREED_OPTIONS}, sort_keys=True, default=str)
+    reports = [None] * opt['world_size']
+    dist.all_gather_object(reports, (one_line(error) if error is not None else None, mine))
+    if error is not None:
+        raise error
+    failed = [(rank, message) for rank, (message, _) in enumerate(reports) if message]
+    if failed:
+        raise ConfigError(f'rank {failed[0][0]} stopped: {failed[0][1]}')
+    differ = [rank for rank, (_, theirs) in enumerate(reports) if theirs != reports[0][1]]
+    if differ:
+        keys = [k for k in AGREED_OPTIONS if json.loads(reports[differ[0]][1])[k] != json.loads(reports[0][1])[k]]
+        raise ConfigError(f"rank {differ[0]}'s options differ from rank 0's in {', '.join(keys)}: every rank must "
+                          'run the same option file and --force_yml')
 
 
 def _install_hooks():

@@ -221,6 +221,8 @@ def check_options(opt, path):
             raise ConfigError(f'{path}: {err}') from None
     for name, ds in (opt.get('datasets') or {}).items():
         check_dataset(name, ds, path, scale=opt.get('scale', 1))
+    if opt.get('dist') and opt.get('rank', 0) != 0:
+        return  # rank 0 reads the checkpoints and sends them (hinet_plugins.resume): other nodes need not have them
     for key in ('pretrain_network_g', 'resume_state'):
         value = (opt.get('path') or {}).get(key)
         if value and not os.path.isfile(value):

@@ -180,6 +180,9 @@ def preflight(opt, path):
 def _preflight(opt, path):
     check_optimizer_values(opt, path)
     dry = copy.deepcopy(opt)
+    if opt.get('dist') and opt.get('rank', 0) != 0:  # checkpoints and states are rank 0's (hinet_plugins.resume)
+        dry.update(auto_resume=False)
+        dry['path'].update({k: None for k in dry['path'] if k.startswith('pretrain_network') or k == 'resume_state'})
     dry.update(num_gpu=0, dist=False)
     with quiet_basicsr_logger():
         check_parts(dry, path)

@@ -24,18 +24,29 @@ With or without DataLoader workers, and on any number of DDP ranks, the resumed 
 uninterrupted run's. The position is the one in the global permutation (rank-independent), so a sample also gets
 the same augmentation whatever the number of ranks and workers.
 
-All three names are looked up as module globals by ``train_pipeline`` / ``create_train_val_dataloader``, so
-replacing them in ``basicsr.train`` is enough. Drop this module when upstream resumes mid-epoch.
+Several machines (``_agreed``): with more than one rank, rank 0 alone decides what to resume from (its
+``--auto_resume`` choice or ``path.resume_state``) and sends the bytes of the state file and of the network files
+it points to (and of any ``pretrain_network_*``) to the other ranks, which load them from memory
+(``utils.checkpoint.received``). A node without the files, or with a stale copy, resumes exactly like rank 0; an
+error on rank 0 is sent instead and stops every rank with the same line.
+
+All names are looked up as module globals by ``train_pipeline`` / ``create_train_val_dataloader``, so replacing
+them in ``basicsr.train`` is enough. Drop this module when upstream resumes mid-epoch and across nodes.
 """
 import random
+
+import os
 
 import basicsr.train as _bsr_train
 import numpy as np
 import torch
 from basicsr.data.data_sampler import EnlargedSampler
+from basicsr.utils import check_resume
 from torch.utils.data import Dataset
 
-from .utils.checkpoint import set_rng_states
+from .compat import read_training_state
+from .errors import ConfigError, one_line
+from .utils.checkpoint import RECEIVED_FILES, set_rng_states
 
 _PENDING = {}
 
@@ -102,6 +113,54 @@ def _seeding(build_dataloader):
     return build_dataloader_seeded
 
 
+def _network_files(opt):
+    """{path.pretrain_network_* key: its file} (after ``check_resume``: the resumed iteration's network files)."""
+    return {key: value for key, value in opt['path'].items() if key.startswith('pretrain_network') and value}
+
+
+def _read_bytes(path):
+    try:
+        with open(path, 'rb') as f:
+            return f.read()
+    except OSError as err:
+        raise ConfigError(f"'{path}' cannot be read: {err.strerror or err}") from None
+
+
+def _agreed(load_resume_state):
+    def load_on_rank0_and_share(opt):
+        if not opt.get('dist') or opt.get('world_size', 1) < 2:
+            return load_resume_state(opt)
+        import torch.distributed as dist
+        box = [None]
+        if opt['rank'] == 0:
+            try:
+                state = load_resume_state(opt)  # sets path.resume_state and the network files (check_resume)
+                path = opt['path'].get('resume_state') if state is not None else None
+                box[0] = {'state_path': path, 'iter': state['iter'] if state else None,
+                          'state': _read_bytes(path) if path else None,
+                          'networks': {key: _read_bytes(file) for key, file in _network_files(opt).items()}}
+            except ConfigError as err:
+                box[0] = {'error': one_line(err)}
+                dist.broadcast_object_list(box, src=0)
+                raise
+            dist.broadcast_object_list(box, src=0)
+            return state
+        dist.broadcast_object_list(box, src=0)
+        sent = box[0]
+        if 'error' in sent:
+            raise ConfigError(f"rank 0 stopped: {sent['error']}")
+        state = None
+        if sent['state_path']:  # rank 0's file; the network paths become this rank's own (check_resume)
+            opt['path']['resume_state'] = sent['state_path']
+            state = read_training_state(sent['state_path'], source=sent['state'])
+            check_resume(opt, sent['iter'])
+        for key, data in sent['networks'].items():
+            RECEIVED_FILES[os.path.abspath(opt['path'][key])] = data
+        return state
+    load_on_rank0_and_share.upstream = load_resume_state
+    return load_on_rank0_and_share
+
+
 def _remembering(load_resume_state):
     def load_and_remember(opt):
         state = load_resume_state(opt)
@@ -162,7 +221,7 @@ def _sampler_iter(self):
 def install():
     """Idempotent; called by ``import hinet_plugins`` after ``compat``."""
     if not hasattr(_bsr_train.load_resume_state, 'upstream'):
-        _bsr_train.load_resume_state = _remembering(_bsr_train.load_resume_state)
+        _bsr_train.load_resume_state = _remembering(_agreed(_bsr_train.load_resume_state))
     if not hasattr(_bsr_train.create_train_val_dataloader, 'upstream'):
         _bsr_train.create_train_val_dataloader = _resuming(_bsr_train.create_train_val_dataloader)
     if not hasattr(_bsr_train.build_dataloader, 'upstream'):

@@ -167,7 +167,7 @@ def test_torchrun_two_ranks_on_cpu_matches_doubled_batch(tiny_data, tmp_path, vg
 def test_torch_distributed_launch_command_of_the_release_readmes(tiny_data, tmp_path):
     """``python -m torch.distributed.launch --nproc_per_node=2 --master_port=P basicsr/train.py -opt ... --launcher
     pytorch`` (the HINet/DRCNet READMEs' command). Today's launcher passes ``--local-rank=N``, which basicsr 1.4.2's
-    parser rejects unless ``launch.local_rank_spelling`` rewrites it; both ranks must train (gloo on CPU)."""
+    parser rejected (``run_options.command_line`` accepts both spellings); both ranks must train (gloo on CPU)."""
     name = f'pytest_dlaunch_{uuid.uuid4().hex[:8]}'
     opt = base_options(tiny_data, name=name, total_iter=2)
     opt['datasets']['train'].update(batch_size_per_gpu=2, gt_size=32)

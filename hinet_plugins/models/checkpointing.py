@@ -7,7 +7,7 @@ import torch
 from basicsr.utils.dist_util import get_dist_info, master_only
 
 from ..errors import ConfigError
-from ..utils.checkpoint import atomic_torch_save, describe_state_dict_mismatch, rng_states
+from ..utils.checkpoint import atomic_torch_save, describe_state_dict_mismatch, received, rng_states
 
 
 class CheckpointMixin:
@@ -20,10 +20,11 @@ class CheckpointMixin:
         path_opt = self.opt.get('path') or {}
         if param_key == 'params' and 'param_key_g' not in path_opt and 'param_key' in path_opt:
             param_key = path_opt['param_key']
-        if not os.path.isfile(load_path):
+        source = received(load_path)  # sent by rank 0 (a node without shared storage)
+        if source is None and not os.path.isfile(load_path):
             raise ConfigError(f"path.pretrain_network_g: checkpoint '{load_path}' does not exist")
         try:
-            super().load_network(net, load_path, strict, param_key)
+            super().load_network(net, source if source is not None else load_path, strict, param_key)
         except Exception as err:  # noqa: BLE001  (diagnosed below; anything else is re-raised)
             raise self._checkpoint_error(net, load_path, param_key, err) from err
 

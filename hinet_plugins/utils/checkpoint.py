@@ -9,6 +9,18 @@ import numpy as np
 import torch
 
 
+# Files rank 0 sent to this rank (absolute path -> bytes): checkpoints a node without shared storage lacks
+# (``hinet_plugins.resume``); loading a network from such a path reads these bytes instead of the disk.
+RECEIVED_FILES = {}
+
+
+def received(path):
+    """The bytes rank 0 sent for ``path`` as a file object, or None."""
+    import io
+    data = RECEIVED_FILES.get(os.path.abspath(path)) if isinstance(path, str) else None
+    return io.BytesIO(data) if data is not None else None
+
+
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (e.g. disk full); the previous file at that path is unchanged."""
 
