@@ -7,7 +7,8 @@ One implementation for every architecture, driven by the option file with the Re
   ``mini_batch_sizes: [8, 5, ...]`` and ``iters: [92000, 64000, ...]`` give, per stage, the patch side, the batch
   per GPU and the number of iterations. Iteration ``t`` (1-based, as basicsr counts) is in the first stage whose
   cumulative iteration count reaches ``t``; later iterations stay in the last stage. Each iteration keeps
-  ``mini_batch_size`` samples of the loaded batch, drawn without replacement, and crops the same random
+  ``mini_batch_size`` samples of the loaded batch, drawn without replacement and kept in the drawn order (as the
+  release: mixup's permutation then pairs the same samples), and crops the same random
   ``mini_gt_size`` window out of all of them (``scale`` x larger on GT). Stage changes are logged.
 - **Mixup** (Restormer's denoising files), in ``train.mixing_augs: {mixup: true, mixup_beta: 1.2,
   use_identity: true}``: the batch is mixed with a permutation of itself, ``lam * x + (1 - lam) * x[perm]`` for
@@ -76,7 +77,8 @@ class ProgressivePatches:
             get_root_logger().info(f'Progressive patches: stage {j + 1}/{len(self.sizes)} from iteration '
                                    f'{current_iter}: patch {size}, batch {batch} per GPU')
         if batch < lq.shape[0]:
-            keep = torch.tensor(sorted(random.sample(range(lq.shape[0]), k=batch)), device=lq.device)
+            # the drawn order, as Restormer's train.py: mixup then pairs the same samples as the release
+            keep = torch.tensor(random.sample(range(lq.shape[0]), k=batch), device=lq.device)
             lq, gt = lq.index_select(0, keep), gt.index_select(0, keep)
         h, w = lq.shape[-2:]
         if size < h or size < w:
