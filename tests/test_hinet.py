@@ -317,9 +317,7 @@ dist_params: {{backend: nccl, port: 29500}}
 def test_shipped_hinet_option_files_train(tiny_data, tmp_path, name):
     with open(os.path.join(REPO, 'options', 'train', f'HINet-{name}.yml')) as f:
         opt = yaml.safe_load(f)
-    assert opt['train']['optim_g']['lr'] == 2e-4 and opt['train']['total_iter'] == 400000
-    assert opt['train']['scheduler'] == {'type': 'TrueCosineAnnealingLR', 'T_max': 400000, 'eta_min': 1e-7}
-    assert opt['datasets']['train']['gt_size'] == 256 and opt['network_g']['wf'] == 64
+    assert opt['network_g']['wf'] == 64  # the recipe itself (the release's) is checked in test_recipes.py
     assert opt['datasets']['train']['batch_size_per_gpu'] * 8 == 64
     opt = on_tiny_data(opt, tiny_data, 2, gt_size=48, network={'wf': 8})
     opt['val']['crop_size'] = 64

@@ -199,10 +199,8 @@ def tiny_options(opt, data, total_iter=2):
 def test_shipped_option_files_train(tiny_data, tmp_path, task):
     opt = shipped('train', task)
     train = opt['train']
-    assert train['optim_g']['type'] == 'Adam' and train['optim_g']['lr'] == 2e-4 and train['total_iter'] == 400000
-    assert train['scheduler'] == {'type': 'TrueCosineAnnealingLR', 'T_max': 400000, 'eta_min': 1e-6}
-    ds = opt['datasets']['train']
-    assert ds['gt_size'] == 256 and ds['batch_size_per_gpu'] * 8 == 16 and ds['use_hflip'] and ds['use_rot']
+    ds = opt['datasets']['train']  # the recipe itself (the release's) is checked in test_recipes.py
+    assert ds['batch_size_per_gpu'] * 8 == 16 and ds['use_hflip'] and ds['use_rot']
     assert opt['val']['metrics']['psnr']['test_y_channel'] == (task == 'Rain13k')
     assert bool(train.get('loss_on_clamped')) == (task == 'SIDD')
     proc = launch('train', write_options(tiny_options(opt, tiny_data), tmp_path / 'o.yml'), tmp_path)
