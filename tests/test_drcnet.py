@@ -343,15 +343,11 @@ def test_missing_vgg_weights_through_the_launcher(tiny_data, tmp_path):
 
 # ----------------------------------------------------------------------------- option files
 @pytest.mark.parametrize('name', ['SIDD', 'GoPro', 'Rain13k'])
-def test_shipped_drcnet_option_files_have_the_paper_settings(name):
+def test_shipped_drcnet_option_files_pair_with_their_test_files(name):
     with open(os.path.join(REPO, 'options', 'train', f'DRCNet-{name}.yml')) as f:
         opt = yaml.safe_load(f)
-    tr, ds = opt['train'], opt['datasets']['train']
-    assert tr['optim_g']['type'] == 'Adam' and tr['optim_g']['lr'] == 2e-4 and tr['total_iter'] == 400_000
-    assert tr['scheduler'] == {'type': 'TrueCosineAnnealingLR', 'T_max': 400_000, 'eta_min': 1e-7}
-    assert ds['gt_size'] == 256 and ds['use_rot'] and ds['use_hflip'] and ds['batch_size_per_gpu'] * 8 == 32
-    assert tr['pixel_opt']['type'] == 'IntraCRLoss' and tr['pixel_opt']['alpha'] == 0.04
-    assert tr['pixel_opt']['lambdas'] == [1.0, 0.95, 0.9]
+    tr = opt['train']  # the recipe (the release's) is checked in test_recipes.py
+    assert tr['pixel_opt']['type'] == 'IntraCRLoss'
     assert tr['pixel_opt']['vgg_weights'] == 'experiments/pretrained_models/vgg19-dcbb9e9d.pth'
     net = opt['network_g']
     assert net['type'] == 'DRCNet' and net['mask_threshold'] == 0.75 and net['energy_lambda'] == 1e-6

@@ -38,8 +38,11 @@ def fcn(**kw):
     return build_network({'type': 'FCN', **kw})
 
 
-def shipped(kind):
-    with open(os.path.join(REPO, 'options', kind, 'FCN-GoPro.yml')) as f:
+RATIOS = 'FCN-GoPro-StageRatio'  # the paper's stage ratios over the release's recipe (FCN-GoPro.yml)
+
+
+def shipped(kind, name='FCN-GoPro'):
+    with open(os.path.join(REPO, 'options', kind, f'{name}.yml')) as f:
         return yaml.safe_load(f)
 
 
@@ -85,7 +88,7 @@ def test_parameter_count_names_and_release_layout():
     # width follows n_feat (the release hard-codes 96 -> 48 -> 96)
     small = fcn(**TINY).state_dict()
     assert small['attention_down.weight'].shape == (4, 8, 1, 1) and small['attention_up.weight'].shape == (8, 4, 1, 1)
-    train, test = shipped('train')['network_g'], shipped('test')['network_g']
+    train, test = shipped('train', RATIOS)['network_g'], shipped('test')['network_g']
     assert train == test and {k: train[k] for k in ('n_feat', 'scale_unetfeats', 'scale_orsnetfeats', 'num_cab',
                                                     'reduction', 'bias')} == dict(
         n_feat=96, scale_unetfeats=48, scale_orsnetfeats=32, num_cab=8, reduction=4, bias=False)
@@ -294,11 +297,11 @@ def tiny_options(opt, data, total_iter):
 
 
 def test_shipped_loss_starts_as_the_release_loss_which_stays_available(tiny_data):
-    opt = tiny_options(shipped('train'), tiny_data, 2)
-    train = shipped('train')['train']
+    opt = tiny_options(shipped('train', RATIOS), tiny_data, 2)
+    train = shipped('train', RATIOS)['train']
     assert train['total_iter'] == train['scheduler']['T_max'] == 3000 * 132 and train['warmup_iter'] == 3 * 132
     assert train['optim_g']['lr'] == 2e-4 and train['scheduler']['eta_min'] == 1e-6
-    ds = shipped('train')['datasets']['train']
+    ds = shipped('train', RATIOS)['datasets']['train']
     assert ds['gt_size'] == 256 and ds['batch_size_per_gpu'] * 4 == 16
     model = build_in_process(opt, is_train=True)
     release = copy.deepcopy(opt)
@@ -318,12 +321,12 @@ def test_shipped_loss_starts_as_the_release_loss_which_stays_available(tiny_data
 
 @pytest.mark.slow
 def test_training_keeps_ratios_away_from_zero_and_resume_restores_them(tiny_data, tmp_path):
-    opt = tiny_options(shipped('train'), tiny_data, total_iter=6)
+    opt = tiny_options(shipped('train', RATIOS), tiny_data, total_iter=6)
     opt['train']['optim_loss'] = {'lr': 0.5}  # large on purpose: the literal Eq. 1 would be near 0 in 6 steps
     path = write_options(opt, tmp_path / 'o.yml')
     proc = run_cli([PY, '-m', 'hinet_plugins.train', '-opt', path], tmp_path,
                    env_extra={'PYTHONPATH': REPO, 'OMP_NUM_THREADS': '1'})
-    exp = tmp_path / 'experiments' / 'FCN-GoPro'
+    exp = tmp_path / 'experiments' / RATIOS
     assert (exp / 'models' / 'net_g_latest.pth').is_file() and '# psnr' in proc.stdout
     logged = [[float(v) for v in re.findall(r'r_stage\d: ([0-9.e+-]+)', line)]
               for line in proc.stdout.splitlines() if 'l_stageratio' in line]

@@ -4,6 +4,7 @@ import importlib
 import math
 import os
 import pkgutil
+import re
 import subprocess
 
 import pytest
@@ -13,7 +14,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
-from conftest import PY, REPO, base_options, on_tiny_data, train_module, write_options
+from conftest import PY, REPO, base_options, load_option_file, on_tiny_data, train_module, write_options
 
 
 def nparams(net):
@@ -316,9 +317,7 @@ dist_params: {{backend: nccl, port: 29500}}
 def test_shipped_hinet_option_files_train(tiny_data, tmp_path, name):
     with open(os.path.join(REPO, 'options', 'train', f'HINet-{name}.yml')) as f:
         opt = yaml.safe_load(f)
-    assert opt['train']['optim_g']['lr'] == 2e-4 and opt['train']['total_iter'] == 400000
-    assert opt['train']['scheduler'] == {'type': 'TrueCosineAnnealingLR', 'T_max': 400000, 'eta_min': 1e-7}
-    assert opt['datasets']['train']['gt_size'] == 256 and opt['network_g']['wf'] == 64
+    assert opt['network_g']['wf'] == 64  # the recipe itself (the release's) is checked in test_recipes.py
     assert opt['datasets']['train']['batch_size_per_gpu'] * 8 == 64
     opt = on_tiny_data(opt, tiny_data, 2, gt_size=48, network={'wf': 8})
     opt['val']['crop_size'] = 64
@@ -328,3 +327,56 @@ def test_shipped_hinet_option_files_train(tiny_data, tmp_path, name):
         test_opt = yaml.safe_load(f)
     assert test_opt['network_g']['hin_position_left'] == opt['network_g']['hin_position_left']
     assert 'test' in test_opt['datasets'] and test_opt['path']['pretrain_network_g']
+
+
+def release_training_state(net, optim_opt, sched_opt, iters, seed=0):
+    """What the HINet release writes after ``iters`` iterations (its ``setup_optimizers`` and ``save_training_state``):
+    Adam over two param groups (the network's parameters; an empty one at 0.1 x lr for deformable offsets), torch's
+    CosineAnnealingLR, ``{'epoch', 'iter', 'optimizers', 'schedulers'}``; per-parameter ``step`` as the plain
+    number older torch saved, no random states."""
+    torch.manual_seed(seed)
+    opt = dict(optim_opt)
+    opt.pop('type')
+    adam = torch.optim.Adam([{'params': list(net.parameters())}, {'params': [], 'lr': opt['lr'] * 0.1}], **opt)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(adam, T_max=sched_opt['T_max'], eta_min=sched_opt['eta_min'])
+    for _ in range(iters):
+        adam.zero_grad()
+        sum(out.abs().mean() for out in net(torch.rand(2, 3, 32, 32))).backward()
+        adam.step()
+        sched.step()
+    optim_state = adam.state_dict()
+    for st in optim_state['state'].values():
+        st['step'] = float(st['step'])
+    keep = ('params', 'lr', 'betas', 'eps', 'weight_decay', 'amsgrad', 'initial_lr')
+    optim_state['param_groups'] = [{k: g[k] for k in keep} for g in optim_state['param_groups']]
+    return {'epoch': 0, 'iter': iters, 'optimizers': [optim_state], 'schedulers': [sched.state_dict()]}
+
+
+@pytest.mark.slow
+def test_resume_from_a_release_training_state_and_release_log_names(tiny_data, tmp_path):
+    """A training state in the HINet release's format -> path.resume_state -> the run continues from its optimizer
+    (Adam's step count and moments) and scheduler; the log carries the releases' ``l_pix``."""
+    opt = on_tiny_data(load_option_file('train', 'HINet-SIDD'), tiny_data, total_iter=4, gt_size=32,
+                       network={'wf': 8, 'depth': 3, 'hin_position_right': 2})
+    exp = tmp_path / 'experiments' / opt['name']
+    (exp / 'models').mkdir(parents=True)
+    (exp / 'training_states').mkdir()
+    net = build_network(opt['network_g'])
+    state = release_training_state(net, opt['train']['optim_g'], opt['train']['scheduler'], iters=2)
+    assert len(state['optimizers'][0]['param_groups']) == 2
+    torch.save({'params': net.state_dict()}, exp / 'models' / 'net_g_2.pth')
+    torch.save(state, exp / 'training_states' / '2.state')
+    assert torch.load(exp / 'training_states' / '2.state', weights_only=True)['iter'] == 2  # plain tensors only
+    opt['path']['resume_state'] = str(exp / 'training_states' / '2.state')
+    log = train_module(write_options(opt, tmp_path / 'o.yml'), tmp_path).stdout
+    assert 'Resuming training from epoch: 0, iter: 2' in log
+    sched = opt['train']['scheduler']
+    base, low = opt['train']['optim_g']['lr'], sched['eta_min']
+    lr3 = low + (base - low) * (1 + math.cos(math.pi * 3 / sched['T_max'])) / 2
+    assert re.search(rf'iter:\s+3, lr:\({lr3:.3e},\)', log), log[-3000:]  # the release's cosine goes on, one group
+    assert 'l_pix: ' in log and 'l_l1: ' in log
+    resumed = torch.load(exp / 'training_states' / '4.state', weights_only=True)
+    groups = resumed['optimizers'][0]['param_groups']
+    assert len(groups) == 1 and len(groups[0]['params']) == len(list(net.parameters()))
+    first = resumed['optimizers'][0]['state'][0]
+    assert float(first['step']) == 4  # 2 release steps + 2 resumed ones (a fresh optimizer would say 2)

@@ -426,10 +426,7 @@ def test_shipped_nafnet_option_files_train_and_pair_with_their_test_files(tiny_d
     with open(os.path.join(REPO, 'options', 'test', f'NAFNet-{name}.yml')) as f:
         test_opt = yaml.safe_load(f)
     tr = opt['train']
-    assert tr['optim_g'] == {'type': 'Adam', 'lr': 1e-3, 'weight_decay': 0, 'betas': [0.9, 0.9]}
-    assert tr['scheduler'] == {'type': 'TrueCosineAnnealingLR', 'T_max': 400000, 'eta_min': 1e-6}
-    assert tr['total_iter'] == 400000 and tr['pixel_opt']['type'] == 'PSNRLoss' and tr['pixel_opt']['loss_weight'] == 1
-    assert opt['datasets']['train']['gt_size'] == 256 and opt['datasets']['train']['batch_size_per_gpu'] * 8 == 64
+    assert tr['optim_g']['type'] == 'AdamW'  # the whole recipe (the release's) is checked in test_recipes.py
     assert count_on_meta(opt['network_g']) == RELEASE_PARAMS[f'train/{name}/NAFNet-width64.yml']
     assert test_opt['network_g'] == {k: v for k, v in opt['network_g'].items() if k != 'img_channel'}
     assert bool((test_opt['val'] or {}).get('tlc')) == (name == 'GoPro')

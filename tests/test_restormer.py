@@ -287,6 +287,52 @@ def test_progressive_patches_mixup_and_cyclic_schedule_from_the_shipped_file(tin
     assert 'lr:(3.000e-04' in out and '# psnr' in out, out[-3000:]
 
 
+def test_progressive_mini_batch_keeps_the_drawn_order_under_mixup(tiny_data):
+    """The shipped progressive + mixup recipe (Restormer-SIDD.yml, shrunk), model built from the options: one
+    training step's mini-batch is the release's, i.e. Restormer's train.py draws (``random.sample`` order kept,
+    then the crop) followed by its mixup (identity-or-mixup choice, Beta lam, permutation), replayed here."""
+    import random
+    from basicsr.models import build_model
+    with open(os.path.join(REPO, 'options/train/Restormer-SIDD.yml')) as f:
+        opt = yaml.safe_load(f)
+    mixing = opt['train']['mixing_augs']
+    assert mixing['mixup'] and mixing['use_identity'] and opt['datasets']['train']['mini_batch_sizes'][0] == 8
+    opt['datasets']['train'].update(gt_size=32, gt_sizes=[16, 24, 32], mini_batch_sizes=[6, 4, 1], iters=[1, 1, 1],
+                                    batch_size_per_gpu=6)
+    opt['network_g'].update(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
+    opt.update(is_train=True, dist=False, num_gpu=0, rank=0, world_size=1)
+    opt['path'].update(experiments_root='unused', models='unused', training_states='unused', log='unused')
+    model = build_model(opt)
+    torch.manual_seed(0)
+    lq, gt = torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32)
+
+    def release_draws(seed):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        keep = random.sample(range(6), k=4)
+        y0, x0 = int(8 * random.random()), int(8 * random.random())
+        mix = random.randint(0, 1) == 0
+        lam = float(torch.distributions.Beta(torch.tensor([1.2]), torch.tensor([1.2])).rsample((1, 1)).item()) \
+            if mix else None
+        perm = torch.randperm(4) if mix else None
+        return keep, y0, x0, lam, perm
+
+    # a seed where the draw is not in sorted order and the mixup branch is taken (so sorting would change pairs)
+    seed = next(s for s in range(1000) if (lambda d: d[0] != sorted(d[0]) and d[3] is not None)(release_draws(s)))
+    keep, y0, x0, lam, perm = release_draws(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    model.feed_data({'lq': lq, 'gt': gt})
+    model.optimize_parameters(2)  # stage 2: patch 24, batch 4
+    for ours, full in ((model.lq, lq), (model.gt, gt)):
+        mini = full[keep][..., y0:y0 + 24, x0:x0 + 24]
+        expected = lam * mini + (1 - lam) * mini[perm]
+        assert ours.shape == (4, 3, 24, 24)
+        assert torch.allclose(ours, expected, atol=1e-6)
+        in_sorted_order = full[sorted(keep)][..., y0:y0 + 24, x0:x0 + 24]
+        assert not torch.allclose(ours, lam * in_sorted_order + (1 - lam) * in_sorted_order[perm], atol=1e-3)
+
+
 def test_progressive_and_mixup_option_errors_are_one_line(tiny_data, tmp_path):
     opt = base_options(tiny_data, network=dict(TINY))
     opt['datasets']['train'].update(gt_sizes=[32, 64], mini_batch_sizes=[4, 2], iters=[1, 1])

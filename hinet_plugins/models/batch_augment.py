@@ -7,12 +7,14 @@ One implementation for every architecture, driven by the option file with the Re
   ``mini_batch_sizes: [8, 5, ...]`` and ``iters: [92000, 64000, ...]`` give, per stage, the patch side, the batch
   per GPU and the number of iterations. Iteration ``t`` (1-based, as basicsr counts) is in the first stage whose
   cumulative iteration count reaches ``t``; later iterations stay in the last stage. Each iteration keeps
-  ``mini_batch_size`` samples of the loaded batch, drawn without replacement, and crops the same random
+  ``mini_batch_size`` samples of the loaded batch, drawn without replacement and kept in the drawn order (as the
+  release: mixup's permutation then pairs the same samples), and crops the same random
   ``mini_gt_size`` window out of all of them (``scale`` x larger on GT). Stage changes are logged.
 - **Mixup** (Restormer's denoising files), in ``train.mixing_augs: {mixup: true, mixup_beta: 1.2,
   use_identity: true}``: the batch is mixed with a permutation of itself, ``lam * x + (1 - lam) * x[perm]`` for
   input and target alike, ``lam ~ Beta(beta, beta)``. With ``use_identity`` the batch is left as it is half of
-  the time (the identity is one more choice among the augmentations, as in the release).
+  the time (the identity is one more choice among the augmentations, as in the release). MPRNet's denoising
+  recipe: ``per_sample: true`` (one lam per sample), ``after_iter: N`` (no mixup up to iteration N).
 
 Random draws come from Python's ``random`` and torch's global generator, which basicsr seeds from
 ``manual_seed`` and the training state saves and restores, so resumed runs draw the same.
@@ -25,7 +27,7 @@ from basicsr.utils import get_root_logger
 from ..errors import ConfigError
 
 PROGRESSIVE_KEYS = ('gt_sizes', 'mini_batch_sizes', 'iters')
-MIXING_KEYS = ('mixup', 'mixup_beta', 'use_identity')
+MIXING_KEYS = ('mixup', 'mixup_beta', 'use_identity', 'per_sample', 'after_iter')
 
 
 def _positive_ints(value, key):
@@ -76,7 +78,8 @@ class ProgressivePatches:
             get_root_logger().info(f'Progressive patches: stage {j + 1}/{len(self.sizes)} from iteration '
                                    f'{current_iter}: patch {size}, batch {batch} per GPU')
         if batch < lq.shape[0]:
-            keep = torch.tensor(sorted(random.sample(range(lq.shape[0]), k=batch)), device=lq.device)
+            # the drawn order, as Restormer's train.py: mixup then pairs the same samples as the release
+            keep = torch.tensor(random.sample(range(lq.shape[0]), k=batch), device=lq.device)
             lq, gt = lq.index_select(0, keep), gt.index_select(0, keep)
         h, w = lq.shape[-2:]
         if size < h or size < w:
@@ -97,14 +100,22 @@ class Mixup:
         beta = opt.get('mixup_beta', 1.2)
         if not isinstance(beta, (int, float)) or isinstance(beta, bool) or beta <= 0:
             raise ConfigError(f'train.mixing_augs.mixup_beta must be a positive number, got {beta!r}')
+        after = opt.get('after_iter', 0)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ConfigError(f'train.mixing_augs.after_iter must be a non-negative integer, got {after!r}')
         self.beta = float(beta)
         self.use_identity = bool(opt.get('use_identity', False))
+        self.per_sample = bool(opt.get('per_sample', False))
+        self.after_iter = after
 
     def __call__(self, current_iter, lq, gt):
+        if current_iter <= self.after_iter:
+            return lq, gt
         choices = 2 if self.use_identity else 1  # 0: mixup, 1: identity
         if random.randrange(choices) == 1 or lq.shape[0] < 2:
             return lq, gt
-        lam = float(torch.distributions.Beta(self.beta, self.beta).sample())
+        beta = torch.distributions.Beta(self.beta, self.beta)
+        lam = beta.sample((lq.shape[0], 1, 1, 1)).to(lq) if self.per_sample else float(beta.sample())
         perm = torch.randperm(lq.shape[0]).to(lq.device)
         return lam * lq + (1 - lam) * lq[perm], lam * gt + (1 - lam) * gt[perm]
 

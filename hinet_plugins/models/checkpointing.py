@@ -1,5 +1,6 @@
 """Checkpoints of the restoration model: loading with clear errors, atomic saving, training states with random
-states and loss parameters (``CheckpointMixin``, before basicsr's ``SRModel`` in the model's bases)."""
+states and loss parameters (``CheckpointMixin``, before basicsr's ``SRModel`` in the model's bases). A release's
+training state (HINet/DRCNet: an extra, empty param group) resumes where its parameters match ours."""
 import os
 from collections import OrderedDict
 
@@ -8,6 +9,8 @@ from basicsr.utils.dist_util import get_dist_info, master_only
 
 from ..errors import ConfigError
 from ..utils.checkpoint import atomic_torch_save, describe_state_dict_mismatch, received, rng_states
+
+PER_GROUP_SCHEDULER_KEYS = ('base_lrs', '_last_lr', 'min_lrs')
 
 
 class CheckpointMixin:
@@ -89,8 +92,29 @@ class CheckpointMixin:
         atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state):
+        resume_state = self.fit_release_param_groups(resume_state)
         super().resume_training(resume_state)
         self.load_speed_state(resume_state)
         for name, loss in self.losses:
             if name in resume_state.get('losses', {}):
                 loss.load_state_dict(resume_state['losses'][name])
+
+    def fit_release_param_groups(self, state):
+        """A release's training state, fitted to this model's optimizer groups (a new dict; ``state`` unchanged).
+
+        The HINet and DRCNet releases build Adam with two parameter groups: the network's parameters, and one for
+        deformable-conv offsets at 0.1 x lr that is empty for every network they ship. A state of theirs has one
+        group more than ours: where dropping its empty groups leaves as many as ours, they are dropped, with their
+        per-group scheduler entries (``base_lrs``, ``_last_lr``). Anything else is passed on unchanged (torch's
+        loading then names the mismatch)."""
+        optimizers, schedulers = list(state.get('optimizers', [])), list(state.get('schedulers', []))
+        for i, (optimizer, saved) in enumerate(zip(self.optimizers, optimizers)):
+            groups = saved.get('param_groups', []) if isinstance(saved, dict) else []
+            keep = [j for j, group in enumerate(groups) if group.get('params')]
+            if len(groups) == len(optimizer.param_groups) or len(keep) != len(optimizer.param_groups):
+                continue
+            optimizers[i] = dict(saved, param_groups=[groups[j] for j in keep])
+            if i < len(schedulers) and isinstance(schedulers[i], dict):
+                schedulers[i] = {k: [v[j] for j in keep] if k in PER_GROUP_SCHEDULER_KEYS and isinstance(v, list)
+                                 and len(v) == len(groups) else v for k, v in schedulers[i].items()}
+        return dict(state, optimizers=optimizers, schedulers=schedulers)

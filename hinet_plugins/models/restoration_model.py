@@ -15,6 +15,7 @@ logging, checkpoint layout, resume); overrides only what multi-stage networks ne
   (``hinet_plugins.resume``).
 - ``train.loss_on_clamped: true`` computes the losses on outputs clamped to [0, 1] (MPRNet's denoising recipe).
 - Gradient clipping: ``train.use_grad_clip`` (max-norm ``train.grad_clip_norm``, 0.01 as in the HINet release).
+- Logs: each loss under its name (``l_psnr``, ``l_l1``, ...) and the total as ``l_pix``, the releases' name.
 - A non-finite loss stops training with a clear message; checkpoints are written atomically (temporary file,
   then rename), so an interrupted save never replaces the last good checkpoint.
 - Validation/test: metrics and images use the last stage. ``val.grids: true`` (+ ``crop_size``, ``crop_overlap``,
@@ -192,9 +193,17 @@ class MultiStageRestorationModel(EvaluationMixin, CheckpointMixin, SpeedSwitches
         self._sync_loss_grads()
         self.optimizer_step(self.optimizer_g, self.net_g.parameters() if self.use_grad_clip else None,
                             self.grad_clip_norm)
-        self.log_dict = self.reduce_loss_dict(loss_dict)
+        self.log_dict = self.reduce_loss_dict(self.release_log_names(l_total, loss_dict))
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    @staticmethod
+    def release_log_names(l_total, loss_dict):
+        """The logged losses under the releases' name too: HINet, NAFNet, Restormer and DRCNet log their summed
+        pixel loss as ``l_pix``; here ``l_pix`` is the total loss (= that term with one loss), after ours."""
+        if 'l_pix' in loss_dict:
+            return loss_dict
+        return OrderedDict([*loss_dict.items(), ('l_pix', l_total.detach() if torch.is_tensor(l_total) else l_total)])
 
     def _forward_backward(self, current_iter):
         """Forward (``amp`` autocast; compiled with ``train.compile``), losses in fp32, (scaled) backward.
