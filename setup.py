@@ -11,7 +11,7 @@ setup(
     python_requires='>=3.9',
     install_requires=[
         'torch', 'torchvision',
-        'basicsr==1.4.2',  # used as installed; hinet_plugins.compat adapts it to today's stack
+        'basicsr==1.4.2',  # used as installed; hinet_plugins.basicsr_ext adapts it to today's stack
         'mmengine', 'lmdb', 'opencv-python', 'numpy', 'addict', 'PyYAML', 'tqdm', 'scikit-image', 'matplotlib',
         'tensorboard', 'setuptools',  # setuptools provides distutils to basicsr on Python >= 3.12
         'onnx', 'onnxruntime',  # scripts/export.py: ONNX export and its check

@@ -8,7 +8,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[0] = ROOT  # the repository root instead of this folder, so hinet_plugins imports without installing
 
-from hinet_plugins.launch import run  # noqa: E402
+from hinet_plugins.basicsr_ext.launch import run  # noqa: E402
 
 if __name__ == '__main__':
     run('test', ROOT)

@@ -1,13 +1,14 @@
 """hinet-plugins: multi-stage restoration networks, losses and TLC for upstream BasicSR.
 
-Importing this package (1) adapts basicsr 1.4.2 to today's stack (``compat``, first), (2) installs the exact
-mid-epoch resume (``resume``), then (3) registers every architecture, loss, dataset and model type of this package
-into basicsr's registries.
+Importing this package (1) adapts and hooks basicsr 1.4.2 (``basicsr_ext``: first, it makes ``import basicsr``
+work on today's stack), then (2) registers every architecture, loss, dataset and model type of this package into
+basicsr's registries.
 """
-from . import compat  # noqa: F401  (must stay first: it makes ``import basicsr`` work)
-from . import resume  # noqa: F401,E402
+from . import basicsr_ext  # must stay first: it makes ``import basicsr`` work
+
+basicsr_ext.install()
 from . import archs, losses, models  # noqa: F401,E402
 from . import tlc  # noqa: F401,E402  (registers HINetLocal, MPRNetLocal, ...)
-from .data import sidd_dataset, unreadable_images  # noqa: F401,E402  (PairedImageDataset_SIDD; named decode errors)
+from .data import sidd_dataset  # noqa: F401,E402  (PairedImageDataset_SIDD)
 
 __version__ = '0.1.0'

@@ -1,7 +1,7 @@
 """``python -m hinet_plugins.train -opt OPTIONS.yml [basicsr flags]`` (experiments/ under the working directory)."""
 import os
 
-from hinet_plugins.launch import run
+from hinet_plugins.basicsr_ext.launch import run
 
 if __name__ == '__main__':
     run('train', os.getcwd())

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import hinet_plugins  # noqa: F401  (compat + registration before anything of basicsr)
-from hinet_plugins import launch
+from hinet_plugins.basicsr_ext import launch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable

@@ -34,7 +34,7 @@ from test_resume import logged_iterations
 
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
-from hinet_plugins import compat
+from hinet_plugins.basicsr_ext import compat
 
 _TRACE_HOOK = '''import os, sys
 _trace = os.environ.get('HINET_TEST_TRACE')

@@ -319,13 +319,14 @@ def test_extra_cr_uses_other_images_of_the_batch(vgg_file):
 def test_vgg_weights_errors_without_download(tmp_path, monkeypatch):
     import torchvision.models._api as tv_api
     monkeypatch.setattr(tv_api, 'load_state_dict_from_url', lambda *a, **k: pytest.fail('a download was attempted'))
-    with pytest.raises(ConfigError, match='vgg_weights is not set'):
+    with pytest.raises(ValueError, match='vgg_weights is not set') as info:  # the option layer names the key
         build_loss({'type': 'IntraCRLoss'})
-    with pytest.raises(ConfigError, match='does not exist'):
+    assert type(info.value) is ValueError
+    with pytest.raises(ValueError, match='does not exist'):
         build_loss({'type': 'ExtraCRLoss', 'vgg_weights': str(tmp_path / 'nope.pth')})
     bad = tmp_path / 'bad.pth'
     torch.save({'features.0.weight': torch.zeros(3)}, bad)
-    with pytest.raises(ConfigError, match='not a torchvision vgg19 state_dict'):
+    with pytest.raises(ValueError, match='not a torchvision vgg19 state_dict'):
         build_loss({'type': 'IntraCRLoss', 'vgg_weights': str(bad)})
 
 

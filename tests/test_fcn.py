@@ -284,8 +284,9 @@ def test_stage_ratio_loss_reaches_its_optimum_where_the_literal_form_collapses()
     assert torch.allclose(init.ratios(), torch.tensor([0.2, 0.5, 0.9]))
     for bad, match in (({'mode': 'literal'}, 'StageRatioLoss.mode'), ({'init_ratios': [0.5, 1.0, 0.2]}, 'init_ratios'),
                        ({'base': []}, 'StageRatioLoss.base')):
-        with pytest.raises(ConfigError, match=match):
+        with pytest.raises(ValueError, match=match) as info:  # the option layer names the key (preflight)
             build_loss({'type': 'StageRatioLoss', 'base': base, **bad})
+        assert type(info.value) is ValueError
     with pytest.raises(ConfigError, match='num_stages: 2'):
         loss(preds[:2], gt)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import PY, REPO, base_options, run_launcher, write_options
-from hinet_plugins.compat import STATE_GLOBALS, read_training_state
+from hinet_plugins.basicsr_ext.compat import STATE_GLOBALS, read_training_state
 from hinet_plugins.errors import ConfigError
 from hinet_plugins.restore import Restorer
 from hinet_plugins.restore.image_files import apply_orientation, read_image

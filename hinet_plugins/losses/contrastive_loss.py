@@ -1,78 +1,25 @@
 """Contrastive regularisation: Intra-CR (DRCNet Sec. 3.3, Eq. 13) and Extra-CR (AECR-Net, DRCNet's baseline).
 
-    loss = loss_weight * (l1_weight * L1(X, J) + alpha * CR),
-    CR   = sum_l w_l * d_l(X, J) / (sum_k c_k * d_l(X, J*_k) + 1e-7),   d_l = L1 of VGG19 features at layer l
+    loss = loss_weight * (l1_weight * L1(X, J) + alpha * sum_l w_l d_l(X, J) / (sum_k c_k d_l(X, J*_k) + 1e-7))
 
-with X the restored image, J the clean image, J*_k the negatives, G = a frozen VGG19 (basicsr's
-``VGGFeatureExtractor``). Both losses need the degraded input I: they set ``needs_lq = True`` and the model calls
-``loss(pred, gt, lq=lq)``.
-
-Readings (paper vs the authors' release, leefly072/DRCNet):
-- Negatives of Intra-CR: ``mixup='release'`` (default) mixes toward the degraded input, J*_k = lam_k I + (1 - lam_k) J,
-  so lam = 1.00 is the degraded image itself. The paper's Eq. 11 read literally (``mixup='paper'``),
-  J* = lam J + (1 - lam) I, makes the lam = 1.00 negative equal to the clean image (a constant ratio term).
-  lam in {1.00, 0.95, 0.90} (paper Sec. 4.2 and release).
-- Denominator weights c_k (``negative_weights``): release 1, 0.95, 0.90 (= the lam values; the default when not
-  given). Eq. 13 has a single negative and no weights.
-- Layers and weights (``layer_weights``): release relu1_1, relu2_1, relu3_1 with 1/16, 1/8, 1/4; the paper only says
-  "VGG19". Input normalisation (``use_input_norm``): off in the release (images in [0, 1] go in unnormalised).
-- Weight alpha: paper 0.04 (default), release 0.05. The L1 term is Eq. 13's l1 (``l1_weight: 0`` leaves the bare
-  regulariser, to combine with another pixel loss).
-- Extra-CR: the paper describes AECR-Net's CR as taking "other haze images ... from the same batch" as negatives:
-  the negatives of sample i are the degraded inputs of samples i+1, ..., i+n of the batch (cyclic), n =
-  ``num_negatives`` or fewer when the batch is smaller; weights c_k = 1.
-
-VGG weights come only from a local file: ``vgg_weights`` = a torchvision vgg19 state_dict (e.g.
-``experiments/pretrained_models/vgg19-dcbb9e9d.pth``). Nothing is ever downloaded: a missing option or file is a
-``ConfigError`` naming ``train.<loss key>.vgg_weights`` (checked with the option file, before anything is built).
+X restored, J clean, J*_k the negatives, d_l the L1 of frozen VGG19 features at layer l. Both need the degraded
+input I (``needs_lq``: the model calls ``loss(pred, gt, lq=lq)``). Readings (paper vs release, leefly072/DRCNet):
+Intra-CR's negatives mix toward I, J*_k = lam_k I + (1 - lam_k) J (``mixup='release'``, default; ``'paper'`` reads
+Eq. 11 literally), lam and c_k = 1, 0.95, 0.90; layers relu1_1..relu3_1 weighted 1/16, 1/8, 1/4, inputs not
+normalised (release); alpha 0.04 (paper; release 0.05). Extra-CR: the negatives of sample i are the degraded
+inputs of the next ``num_negatives`` samples of the batch (cyclic), c_k = 1.
+Errors: constructor arguments raise ValueError naming the argument (the option layer names the key); the VGG
+weights come only from a local file (``vgg_weights``, checked with the option file; nothing is downloaded).
 """
-import os
-import threading
-import warnings
-
 import torch
-from basicsr.archs import vgg_arch
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
+from ..basicsr_ext import build_vgg_extractor, vgg_weights_problem
 from ..errors import ConfigError
 
 DEFAULT_LAYER_WEIGHTS = {'relu1_1': 1.0 / 16, 'relu2_1': 1.0 / 8, 'relu3_1': 1.0 / 4}
-_VGG_LOCK = threading.Lock()
-
-
-def vgg_weights_problem(path):
-    """Why ``path`` cannot serve as the VGG weights file, or None."""
-    if not path:
-        return ('is not set; give a local torchvision vgg19 state_dict (e.g. '
-                'experiments/pretrained_models/vgg19-dcbb9e9d.pth); weights are never downloaded')
-    if not os.path.isfile(str(path)):
-        return f"'{path}' does not exist (a local torchvision vgg19 state_dict is needed; nothing is downloaded)"
-    return None
-
-
-def build_vgg_extractor(vgg_weights, layers, use_input_norm=False, range_norm=False, owner='loss'):
-    """basicsr's VGGFeatureExtractor (vgg19, frozen) with weights from ``vgg_weights``; never downloads.
-
-    basicsr loads its module-level ``VGG_PRETRAIN_PATH`` when that file exists and downloads otherwise; the path is
-    pointed at the (checked) local file for the construction only.
-    """
-    problem = vgg_weights_problem(vgg_weights)
-    if problem:
-        raise ConfigError(f'{owner}: vgg_weights {problem}')
-    with _VGG_LOCK, warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)  # torchvision's 'pretrained' deprecation, raised inside basicsr
-        saved = vgg_arch.VGG_PRETRAIN_PATH
-        vgg_arch.VGG_PRETRAIN_PATH = os.path.abspath(vgg_weights)
-        try:
-            return vgg_arch.VGGFeatureExtractor(list(layers), vgg_type='vgg19', use_input_norm=use_input_norm,
-                                                range_norm=range_norm, requires_grad=False)
-        except Exception as err:  # noqa: BLE001  (any load failure means the same to the user)
-            raise ConfigError(f"{owner}: vgg_weights '{vgg_weights}' is not a torchvision vgg19 state_dict "
-                              f'({type(err).__name__}: {str(err)[:300]})') from None
-        finally:
-            vgg_arch.VGG_PRETRAIN_PATH = saved
 
 
 class _ContrastiveRegularization(nn.Module):
@@ -85,7 +32,7 @@ class _ContrastiveRegularization(nn.Module):
         super().__init__()
         name = type(self).__name__
         if reduction != 'mean':
-            raise ConfigError(f"{name}: reduction must be 'mean', got {reduction!r}")
+            raise ValueError(f"{name}: reduction must be 'mean', got {reduction!r}")
         self.loss_weight = float(loss_weight)
         self.alpha = float(alpha)
         self.l1_weight = float(l1_weight)
@@ -95,11 +42,11 @@ class _ContrastiveRegularization(nn.Module):
         self.vgg = build_vgg_extractor(vgg_weights, self.layer_weights, use_input_norm, range_norm, owner=name)
 
     @classmethod
-    def check_options(cls, spec, where):
-        """Option-file check (``where`` = '<file>: train.<loss key>'): the VGG weights file must exist."""
+    def check_options(cls, spec):
+        """Checked with the option file, before anything is built: the VGG weights file must exist."""
         problem = vgg_weights_problem(spec.get('vgg_weights'))
         if problem:
-            raise ConfigError(f'{where}.vgg_weights {problem}')
+            raise ValueError(f'vgg_weights {problem}')
 
     def negatives(self, gt, lq):
         """List of (negative images, weight c_k)."""
@@ -140,11 +87,11 @@ class IntraCRLoss(_ContrastiveRegularization):
                  negative_weights=None, mixup='release', l1_weight=1.0, layer_weights=None, use_input_norm=False,
                  range_norm=False, eps=1e-7, reduction='mean'):
         if mixup not in ('release', 'paper'):
-            raise ConfigError(f"IntraCRLoss: mixup must be 'release' or 'paper', got {mixup!r}")
+            raise ValueError(f"IntraCRLoss: mixup must be 'release' or 'paper', got {mixup!r}")
         lambdas = [float(v) for v in lambdas]
         negative_weights = lambdas if negative_weights is None else negative_weights
         if len(negative_weights) != len(lambdas) or not lambdas:
-            raise ConfigError(f'IntraCRLoss: negative_weights ({len(negative_weights)}) must have one entry per '
+            raise ValueError(f'IntraCRLoss: negative_weights ({len(negative_weights)}) must have one entry per '
                               f'lambda ({len(lambdas)})')
         super().__init__(loss_weight, alpha, l1_weight, vgg_weights, layer_weights, negative_weights, use_input_norm,
                          range_norm, eps, reduction)
@@ -168,7 +115,7 @@ class ExtraCRLoss(_ContrastiveRegularization):
                  reduction='mean'):
         negative_weights = [1.0] * int(num_negatives) if negative_weights is None else negative_weights
         if int(num_negatives) < 1 or len(negative_weights) != int(num_negatives):
-            raise ConfigError(f'ExtraCRLoss: num_negatives must be >= 1 with one negative_weight each, got '
+            raise ValueError(f'ExtraCRLoss: num_negatives must be >= 1 with one negative_weight each, got '
                               f'{num_negatives} and {len(negative_weights)} weights')
         super().__init__(loss_weight, alpha, l1_weight, vgg_weights, layer_weights, negative_weights, use_input_norm,
                          range_norm, eps, reduction)

@@ -1,36 +1,14 @@
 """Stage-ratio loss: FCN's "loss calculation adjustment" (FCN paper Sec. 3.6, Eq. 1) in a form that cannot collapse.
 
-Eq. 1 reads  Loss = sum_s r_s * ||P_s - G||  with trainable ratios r_s "limited between 0 and 1". Readings: the
-sum (printed as s = 0..4) runs over the stages that output an image, i.e. FCN's three supervised outputs (stage 0
-outputs none); the ratios are trained from the start, together with the network (the paper's "in the later stage
-of training" gives no schedule). The authors' release does not contain it: it trains with Charbonnier + 0.05 x edge
-loss summed over the stages. Taken literally it collapses: every L_s = ||P_s - G|| is positive, so
-d Loss / d r_s = L_s > 0 and gradient descent lowers every ratio until r_s -> 0 (for r_s = sigmoid(theta_s):
-theta_s -> -inf). The loss then goes to 0 without the network improving, and the network's gradients, scaled by
-r_s, vanish with it. The ratios need a counterweight; two are offered (``mode``):
-
-- ``'softmax'`` (default): r = softmax(theta), so sum_s r_s = 1 and no ratio can be lowered without raising another.
-  The network is trained on  S * sum_s r_s L_s  (S stages; uniform ratios give the plain sum, i.e. the release's
-  loss, which is where training starts). A bare softmax still drifts to winner-take-all (d/d theta_s =
-  S r_s (L_s - sum_k r_k L_k): the stage with the smallest loss takes all the weight and the others decay to 0,
-  only slower), so an entropy term is added:  + tau * S * Lbar * KL(r || uniform) = tau * S * Lbar *
-  (sum_s r_s log r_s + log S),  Lbar = mean_s L_s (detached); it is >= 0 and 0 at uniform ratios. Its minimum over
-  theta is  r_s = softmax(-L_s / (tau * Lbar)):  every ratio stays in (0, 1), stages with a lower loss get more
-  weight, and the result does not depend on the scale of the loss. ``tau: 0`` is the bare softmax.
-- ``'uncertainty'``: learned uncertainty weighting (Kendall et al., CVPR 2018: L / sigma^2 + log sigma^2) with the
-  weights bounded as the paper asks, r_s = sigmoid(theta_s) in (0, 1):  sum_s r_s L_s - lam * Lbar * sum_s log r_s.
-  The log-penalty makes small ratios expensive; the minimum is  r_s = min(1, lam * Lbar / L_s),  so every stage
-  contributes about lam * Lbar to the loss.
-
-The penalties depend on theta only (Lbar is detached), so the network's gradient is that of sum_s r_s L_s (times
-S in softmax mode): the ratios re-weight the stages, nothing else. ``loss_weight`` scales everything.
-
-The per-stage loss L_s is the sum of the ``base`` losses (built from LOSS_REGISTRY; default: the release's
-Charbonnier with eps 1e-6 + 0.05 x MPRNet edge loss). Model protocol (``models/restoration_model.py``):
-``multi_stage = True`` (called once with the list of stage outputs), own trainable parameter ``logits`` (optimised
-in a separate param group, ``train.optim_loss`` may set its lr; gradients all-reduced under DDP; saved in the
-training state under ``losses``), ``log_dict()`` -> the current ratios ``r_stage1 .. r_stageS`` (stage order, final
-last) for the training log.
+Eq. 1, Loss = sum_s r_s ||P_s - G|| with trainable ratios r_s in (0, 1), over FCN's three supervised outputs. The
+authors' release does not contain it (it trains Charbonnier + 0.05 x edge loss summed over the stages). Taken
+literally it collapses (d Loss / d r_s = L_s > 0 drives every ratio to 0), so the ratios get a counterweight
+(``mode``, derivations in the class docstring): ``'softmax'`` (default, ratios sum to 1, plus an entropy term) or
+``'uncertainty'`` (sigmoid ratios with a log-penalty, after Kendall et al. 2018). The penalties act on the ratios
+only: the network's gradient is that of sum_s r_s L_s. L_s sums the ``base`` losses (default: the release's).
+Model protocol: ``multi_stage``, own parameter ``logits`` (own param group, saved in the training state),
+``log_dict()`` -> ``r_stage1 .. r_stageS``. Errors: constructor arguments raise ValueError (the option layer names
+the key); a stage count that does not match the network is found at the first step, a ConfigError.
 """
 import math
 
@@ -49,7 +27,23 @@ RELEASE_BASE = ({'type': 'CharbonnierLoss', 'loss_weight': 1.0, 'reduction': 'me
 
 @LOSS_REGISTRY.register()
 class StageRatioLoss(nn.Module):
-    """Trainable stage ratios over a per-stage loss (see the module docstring).
+    """Trainable stage ratios over a per-stage loss.
+
+    Readings of Eq. 1: the sum (printed as s = 0..4) runs over the stages that output an image (FCN's stage 0
+    outputs none); the ratios train from the start (the paper's "later stage of training" gives no schedule).
+    Taken literally, every L_s > 0 and gradient descent lowers every ratio to 0: the loss vanishes without the
+    network improving. Counterweights (``mode``):
+
+    - ``'softmax'`` (default): r = softmax(theta), sum_s r_s = 1; the network trains on S * sum_s r_s L_s (uniform
+      ratios give the release's plain sum, where training starts). A bare softmax drifts to winner-take-all
+      (d/d theta_s = S r_s (L_s - sum_k r_k L_k)), so an entropy term is added, tau * S * Lbar * KL(r || uniform)
+      = tau * S * Lbar * (sum_s r_s log r_s + log S), Lbar = mean_s L_s detached: its minimum is
+      r_s = softmax(-L_s / (tau * Lbar)), every ratio in (0, 1), independent of the loss scale (``tau: 0``: bare).
+    - ``'uncertainty'``: Kendall et al. (CVPR 2018) with bounded weights r_s = sigmoid(theta_s):
+      sum_s r_s L_s - lam * Lbar * sum_s log r_s, minimum r_s = min(1, lam * Lbar / L_s).
+
+    The per-stage loss L_s sums the ``base`` losses (default: Charbonnier eps 1e-6 + 0.05 x MPRNet edge loss);
+    ``logits`` gradients are all-reduced under DDP and saved in the training state under ``losses``.
 
     Args:
         base: loss spec or list of specs (``{type: ..., ...}``) summed into each stage's loss L_s.
@@ -67,16 +61,16 @@ class StageRatioLoss(nn.Module):
                  loss_weight=1.0):
         super().__init__()
         if mode not in MODES:
-            raise ConfigError(f'StageRatioLoss.mode: must be one of {list(MODES)}, got {mode!r}')
+            raise ValueError(f'StageRatioLoss.mode: must be one of {list(MODES)}, got {mode!r}')
         if not isinstance(num_stages, int) or num_stages < 1:
-            raise ConfigError(f'StageRatioLoss.num_stages: must be a positive int, got {num_stages!r}')
+            raise ValueError(f'StageRatioLoss.num_stages: must be a positive int, got {num_stages!r}')
         tau, lam = float(tau), float(lam)
         if tau < 0 or lam <= 0:
-            raise ConfigError(f'StageRatioLoss: tau must be >= 0 and lam > 0, got tau={tau}, lam={lam}')
+            raise ValueError(f'StageRatioLoss: tau must be >= 0 and lam > 0, got tau={tau}, lam={lam}')
         specs = [base] if isinstance(base, dict) else list(base or [])
         if not specs or not all(isinstance(s, dict) and 'type' in s for s in specs):
-            raise ConfigError(f'StageRatioLoss.base: a loss spec {{type: ...}} or a list of them is needed, '
-                              f'got {base!r}')
+            raise ValueError(f'StageRatioLoss.base: a loss spec {{type: ...}} or a list of them is needed, '
+                             f'got {base!r}')
         self.base = nn.ModuleList(build_loss(dict(s)) for s in specs)
         self.needs_lq = any(getattr(loss, 'needs_lq', False) for loss in self.base)
         self.num_stages, self.mode, self.tau, self.lam, self.loss_weight = num_stages, mode, tau, lam, loss_weight
@@ -88,7 +82,7 @@ class StageRatioLoss(nn.Module):
             return torch.zeros(n)
         init = [float(r) for r in (init if isinstance(init, (list, tuple)) else [init] * n)]
         if len(init) != n or not all(0 < r < 1 for r in init):
-            raise ConfigError(f'StageRatioLoss.init_ratios: {n} values in (0, 1) are needed, got {init}')
+            raise ValueError(f'StageRatioLoss.init_ratios: {n} values in (0, 1) are needed, got {init}')
         if self.mode == 'softmax':
             return torch.tensor([math.log(r / sum(init)) for r in init])
         return torch.tensor([math.log(r / (1 - r)) for r in init])

@@ -12,7 +12,7 @@ logging, checkpoint layout, resume); overrides only what multi-stage networks ne
   Loss modules with parameters are optimised in their own param group (``train.optim_loss`` overrides lr etc.),
   averaged across ranks under DDP, and saved in the training state so ``--auto_resume`` restores them. The training
   state also holds every rank's random states, so a resumed run continues the same draws
-  (``hinet_plugins.resume``).
+  (``basicsr_ext.resume``).
 - ``train.loss_on_clamped: true`` computes the losses on outputs clamped to [0, 1] (MPRNet's denoising recipe).
 - Gradient clipping: ``train.use_grad_clip`` (max-norm ``train.grad_clip_norm``, 0.01 as in the HINet release).
 - Logs: each loss under its name (``l_psnr``, ``l_l1``, ...) and the total as ``l_pix``, the releases' name.

@@ -10,7 +10,7 @@ import torch
 
 
 # Files rank 0 sent to this rank (absolute path -> bytes): checkpoints a node without shared storage lacks
-# (``hinet_plugins.resume``); loading a network from such a path reads these bytes instead of the disk.
+# (``basicsr_ext.resume``); loading a network from such a path reads these bytes instead of the disk.
 RECEIVED_FILES = {}
 
 

@@ -1,36 +1,14 @@
-"""The one place where upstream basicsr 1.4.2 is adapted to today's stack.
+"""basicsr 1.4.2 adapted to today's stack (torchvision, Python 3.12, wandb, CPU-only and slurm nodes).
 
-basicsr is used as installed from the package index; nothing in site-packages is edited. Each patch below
-says what breaks upstream, since when, and how to drop it. This module must be imported before anything
-imports ``basicsr`` (``hinet_plugins/__init__.py`` does so first).
+basicsr is used as installed from the package index; nothing in site-packages is edited. Importing this module
+applies the two import shims that ``import basicsr`` needs (so it must be imported before anything imports
+basicsr: ``hinet_plugins.basicsr_ext`` does so first); ``install()`` then replaces three upstream functions. Each
+patch's docstring says what breaks upstream and when to drop it:
 
-Patches:
-
-1. ``torchvision.transforms.functional_tensor`` (removed in torchvision 0.17) is imported by
-   ``basicsr/data/degradations.py:8``, which ``import basicsr`` reaches. We alias the one name basicsr uses,
-   ``rgb_to_grayscale``. Drop when basicsr > 1.4.2 is on the index with the fixed import.
-2. ``basicsr.train.load_resume_state`` maps the resume state to ``torch.cuda.current_device()`` (fails on a CPU-only
-   machine), unpickles it with ``weights_only=False`` (a crafted ``.state`` runs code) and looks for
-   ``experiments/`` in the current folder. Ours maps to the CPU when there is no GPU, reads with
-   ``weights_only=True``, looks in the run's own folder under its root, and a file that is not a training state is
-   a one-line ConfigError naming it. Drop when upstream loads states safely with ``map_location``.
-3. ``basicsr.utils.dist_util.init_dist`` always uses nccl and ``torch.cuda.set_device(rank % device_count())``
-   (ZeroDivisionError without a GPU; the slurm path too); ``options.py`` holds its own reference, so both names
-   are replaced. Ours: ``choose_backend`` (gloo without a GPU whatever ``dist_params.backend`` says),
-   ``LOCAL_RANK`` for the device, slurm's variables mapped to torch's, and ``spawn`` only on CUDA.
-4. ``basicsr.utils.logger.init_wandb_logger`` calls ``wandb.util.generate_id``, removed in wandb 0.28.2
-   (AttributeError after the run folder exists), and lets wandb write ``./wandb`` in the current folder. Ours
-   makes the id itself and writes under the run folder (``logger.wandb.project``; ``WANDB_MODE=offline`` works
-   without a network). Drop when basicsr's logger works with current wandb.
-5. ``distutils`` is gone from the standard library on Python >= 3.12 but ``basicsr/archs/arch_util.py:6``
-   imports ``distutils.version.LooseVersion``: we provide it from setuptools' copy or a tiny stand-in.
-
-basicsr's ``parse_options`` (unsafe YAML loading, ``eval``/``exec`` of ``--force_yml``, ``name`` joined into
-paths) is replaced as a whole by ``hinet_plugins.run_options.parse_options``, installed by the launcher.
-
-Not here (they are features or launcher behaviour of this package, not adaptations): the exact mid-epoch resume
-(``hinet_plugins/resume.py``), the launcher hooks (``hinet_plugins/launch.py``: option checks, ``--local-rank``)
-and the CPU-safe DDP wrapping (``MultiStageRestorationModel.model_to_device``).
+- ``_alias_functional_tensor``, ``_provide_distutils_version``: import shims;
+- ``load_resume_state``: CPU-safe, code-free training states, looked up in the run's own folder;
+- ``init_dist``: gloo without a GPU, ``LOCAL_RANK`` for the device, slurm's variables;
+- ``init_wandb_logger``: today's wandb, files under the run folder.
 """
 import collections
 import io
@@ -41,10 +19,13 @@ import warnings
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def _alias_functional_tensor():
+    """``torchvision.transforms.functional_tensor`` (removed in torchvision 0.17) is imported by
+    ``basicsr/data/degradations.py:8``, which ``import basicsr`` reaches: the one name basicsr uses,
+    ``rgb_to_grayscale``, is aliased. Drop when a basicsr > 1.4.2 with the fixed import is on the index."""
     try:
         import torchvision.transforms.functional_tensor  # noqa: F401  (torchvision < 0.17)
         return
@@ -57,6 +38,8 @@ def _alias_functional_tensor():
 
 
 def _provide_distutils_version():
+    """``distutils`` is gone from the standard library on Python >= 3.12, but ``basicsr/archs/arch_util.py:6``
+    imports ``distutils.version.LooseVersion``: setuptools' copy, or a tiny stand-in. Drop with the same release."""
     try:
         from distutils.version import LooseVersion  # noqa: F401
         return
@@ -118,7 +101,11 @@ def resume_state_path(opt):
 
 
 def load_resume_state(opt):
-    """Upstream's ``load_resume_state`` (same lookup, ``resume_state_path``), CPU-safe and code-free."""
+    """Upstream's ``basicsr.train.load_resume_state`` maps the state to ``torch.cuda.current_device()`` (fails on a
+    CPU-only machine), unpickles it with ``weights_only=False`` (a crafted ``.state`` runs code) and looks for
+    ``experiments/`` in the current folder. Ours: the same lookup (``resume_state_path``), the CPU when there is no
+    GPU, ``weights_only=True``, and a file that is not a training state is a ConfigError naming it. Drop when
+    upstream loads states safely with ``map_location``."""
     path = resume_state_path(opt)
     if not path:
         return None
@@ -216,10 +203,11 @@ def slurm_environment(dist_params):
 
 def init_dist(launcher, opt=None, backend=None, **kwargs):
     """Start the process group for ``--launcher pytorch`` (torchrun's variables) or ``slurm`` (``srun``'s).
-    Upstream always takes nccl and calls ``torch.cuda.set_device(rank % device_count())`` (ZeroDivisionError on a
-    CPU node), and applies ``--force_yml`` only after this point. Here: ``choose_backend``, the device from
+    Replaces ``basicsr.utils.dist_util.init_dist`` (and ``options.py``'s own reference to it). Upstream always
+    takes nccl and calls ``torch.cuda.set_device(rank % device_count())`` (ZeroDivisionError on a CPU node), and
+    applies ``--force_yml`` only after this point. Here: ``choose_backend``, the device from
     ``LOCAL_RANK`` on CUDA only, ``spawn`` only on CUDA (on the CPU it makes every DataLoader worker re-import
-    torch)."""
+    torch). Drop when upstream starts a process group on CPU nodes."""
     import torch.distributed as dist
     import torch.multiprocessing as mp
     dist_params = dict((opt or {}).get('dist_params') or {})
@@ -237,7 +225,11 @@ def init_dist(launcher, opt=None, backend=None, **kwargs):
 
 @_bsr_dist.master_only
 def init_wandb_logger(opt):
-    """basicsr's wandb start (it only syncs the TensorBoard events), for today's wandb: patch 4."""
+    """basicsr's wandb start (it only syncs the TensorBoard events), for today's wandb. Upstream's
+    ``init_wandb_logger`` calls ``wandb.util.generate_id``, removed in wandb 0.28.2 (AttributeError after the run
+    folder exists), and lets wandb write ``./wandb`` in the current folder. Ours makes the id itself and writes
+    under the run folder (``WANDB_MODE=offline`` works without a network). Drop when basicsr's logger works with
+    current wandb."""
     import secrets
 
     import wandb
@@ -250,11 +242,11 @@ def init_wandb_logger(opt):
     get_root_logger().info(f"Use wandb logger with id={run_id}; project={settings['project']}; files in {folder}.")
 
 
-if not getattr(basicsr, '_hinet_plugins_patched', False):
+def install():
+    """Replace upstream's functions by the ones above (idempotent); ``basicsr_ext.install`` calls it."""
+    if getattr(basicsr, '_hinet_plugins_patched', False):
+        return
     _bsr_train.init_wandb_logger = init_wandb_logger  # a module global of train_pipeline's init_tb_loggers
     _bsr_train.load_resume_state = load_resume_state  # looked up as a module global by train_pipeline
     _bsr_dist.init_dist = _bsr_options.init_dist = init_dist
     basicsr._hinet_plugins_patched = True
-
-__all__ = ['cuda_present', 'dist_backend', 'load_resume_state', 'resume_state_path', 'init_dist', 'read_training_state',
-           '_bsr_train', '_bsr_test', '_bsr_options']

@@ -6,7 +6,7 @@ They hand over to basicsr's own ``train_pipeline`` / ``test_pipeline`` (same com
 ``hinet_plugins: error: ...`` (with ``[rank N]`` on ranks other than 0) and exit code 2. After training, a PNG of
 the training curves is written next to the log.
 
-The one hook: basicsr's ``parse_options`` (a module global of both pipelines) becomes ``parse_options`` below:
+The one hook (``install``): basicsr's ``parse_options`` (a module global of both pipelines) becomes ours:
 ``run_options.parse_options`` (safe reading, ``--force_yml`` walked, plain run names, one root), then
 ``options_check.check_options`` and ``preflight`` on the options basicsr will use. All of it runs before basicsr
 creates, renames or writes anything under ``experiments/``, ``results/`` or ``tb_logger/``, so a rejected command
@@ -15,13 +15,12 @@ changes nothing on disk. Keep as long as the checks are wanted (upstream has non
 import os
 import sys
 
-import hinet_plugins  # noqa: F401  (compat + registration; must precede basicsr.train)
-from hinet_plugins import compat, run_options
-from hinet_plugins.compat import _bsr_options, _bsr_test, _bsr_train
-from hinet_plugins.errors import ConfigError, TrainingDivergedError, one_line
-from hinet_plugins.options_check import check_options, load_yaml
-from hinet_plugins.preflight import preflight
-from hinet_plugins.utils.checkpoint import CheckpointWriteError
+from ..errors import ConfigError, TrainingDivergedError, one_line
+from ..utils.checkpoint import CheckpointWriteError
+from . import compat, run_options
+from .compat import _bsr_options, _bsr_test, _bsr_train
+from .options_check import check_options
+from .preflight import preflight
 
 
 _parsed = {}  # the options of the current run, as parsed (for the curves written after training)
@@ -69,7 +68,8 @@ def agree(opt, error):
                           'run the same option file and --force_yml')
 
 
-def _install_hooks():
+def install():
+    """Idempotent; ``basicsr_ext.install`` calls it."""
     for module in (_bsr_train, _bsr_test, _bsr_options):
         module.parse_options = parse_options
 
@@ -79,7 +79,7 @@ def run_root(argv, root_path):
     (after ``--force_yml``) when given, else ``root_path``. Errors are left to ``parse_options``."""
     try:
         args = run_options.command_line(argv)
-        opt = run_options.apply_force_yml(load_yaml(args.opt), args.force_yml)
+        opt = run_options.apply_force_yml(run_options.load_yaml(args.opt), args.force_yml)
         return run_options.run_root(opt, root_path, args.opt)
     except ConfigError:  # reported by parse_options
         return root_path
@@ -87,7 +87,7 @@ def run_root(argv, root_path):
 
 # ---------------------------------------------------------------------------------------------- entry point
 def _write_curves():
-    from hinet_plugins.utils.curves import find_train_log, plot_training_curves
+    from ..utils.curves import find_train_log, plot_training_curves
     exp_dir = _parsed.get('opt', {}).get('path', {}).get('experiments_root')
     if not exp_dir or not os.path.isdir(exp_dir):
         return
@@ -107,7 +107,7 @@ def run(mode, root_path):
     """``mode`` is 'train' or 'test'; ``root_path`` holds experiments/, results/ and tb_logger/ unless the
     option file's ``path.root`` says otherwise."""
     try:
-        _install_hooks()
+        install()
         root_path = run_root(sys.argv[1:], root_path)
         if mode == 'train':
             _bsr_train.train_pipeline(root_path)

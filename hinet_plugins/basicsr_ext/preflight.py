@@ -38,9 +38,10 @@ from basicsr.losses import build_loss
 from basicsr.models import build_model
 from basicsr.utils import check_resume
 
+from ..errors import ConfigError
+from ..utils.checkpoint import rng_states, set_rng_states
 from .compat import read_training_state, resume_state_path
-from .errors import ConfigError
-from .utils.checkpoint import rng_states, set_rng_states
+from .options_check import loss_specs
 
 OPTIMIZER_NUMBERS = ('lr', 'weight_decay', 'eps', 'momentum', 'alpha', 'dampening')
 BUILD_ERRORS = (TypeError, ValueError, KeyError, IndexError)
@@ -87,15 +88,6 @@ def check_optimizer_values(opt, path):
             raise ConfigError(f'{path}: train.{key}.betas must be two numbers like [0.9, 0.999], got {betas!r}')
 
 
-def _loss_specs(train_opt):
-    for key, value in train_opt.items():
-        if key.endswith('_opt') or key == 'losses':
-            specs = value if isinstance(value, list) else [value]
-            for i, spec in enumerate(specs):
-                if isinstance(spec, dict) and 'type' in spec:
-                    yield f'train.{key}' + (f'[{i}]' if isinstance(value, list) else ''), spec
-
-
 def check_parts(opt, path):
     """``network_g`` and each loss built alone, so that an error names its key."""
     try:
@@ -107,7 +99,7 @@ def check_parts(opt, path):
                           f'{_reason(err)}') from None
     if not opt.get('is_train'):
         return
-    for where, spec in _loss_specs(opt.get('train') or {}):
+    for where, spec in loss_specs(opt.get('train') or {}):
         try:
             build_loss(copy.deepcopy(spec))
         except ConfigError as err:
@@ -180,7 +172,7 @@ def preflight(opt, path):
 def _preflight(opt, path):
     check_optimizer_values(opt, path)
     dry = copy.deepcopy(opt)
-    if opt.get('dist') and opt.get('rank', 0) != 0:  # checkpoints and states are rank 0's (hinet_plugins.resume)
+    if opt.get('dist') and opt.get('rank', 0) != 0:  # checkpoints and states are rank 0's (basicsr_ext.resume)
         dry.update(auto_resume=False)
         dry['path'].update({k: None for k in dry['path'] if k.startswith('pretrain_network') or k == 'resume_state'})
     dry.update(num_gpu=0, dist=False)

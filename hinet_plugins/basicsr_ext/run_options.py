@@ -19,12 +19,29 @@ import yaml
 from basicsr.utils import set_random_seed
 from basicsr.utils.dist_util import get_dist_info
 
-from .cli import ArgumentParser
-from .errors import ConfigError
-from .options_check import check_num_gpu, load_yaml
+from ..cli import ArgumentParser
+from ..errors import ConfigError
+from .options_check import check_num_gpu
 
 # path.* keys that basicsr's make_exp_dirs does not create (files, flags, and our root)
 NOT_FOLDERS = ('strict_load', 'pretrain_network', 'resume', 'param_key')
+
+
+def load_yaml(path):
+    """Read an option file; missing file / malformed YAML -> ConfigError naming the file (and line)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"option file '{path}' does not exist")
+    try:
+        with open(path) as f:
+            opt = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        mark = getattr(err, 'problem_mark', None)
+        where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
+        problem = getattr(err, 'problem', None) or str(err)
+        raise ConfigError(f"option file '{path}' is not valid YAML{where}: {problem}") from None
+    if not isinstance(opt, dict):
+        raise ConfigError(f"option file '{path}' must hold a mapping of options, got {type(opt).__name__}")
+    return opt
 
 
 def command_line(argv=None):

@@ -1,41 +1,16 @@
-"""Exact mid-epoch resume: a feature of this package on top of basicsr's ``--auto_resume`` / ``path.resume_state``.
+"""Exact resume: a resumed run trains on the same samples with the same augmentations as an uninterrupted one.
 
-Upstream ``train_pipeline`` restarts the interrupted epoch from its first batch (the samples already trained in
-that epoch are seen twice, and after several resumes the run can even end before ``total_iter``), and the seeds
-are re-applied, so the data after a resume differ from an uninterrupted run. Here:
-
-- ``basicsr.train.load_resume_state`` is wrapped to remember the loaded state for the loader set-up below;
-- ``basicsr.train.create_train_val_dataloader`` is wrapped: after a resume, the train sampler is given a plan
-  (epoch, number of samples to skip, this rank's random states from the state file);
-- ``EnlargedSampler.__iter__`` follows the plan once: in the interrupted epoch it skips the batches already trained
-  (the sampler's order is a function of the epoch) and, when the state holds them (``MultiStageRestorationModel``
-  saves every rank's), restores this rank's python/numpy/torch random states at the point where the original run
-  drew them (after the DataLoader iterator drew its base seed).
-
-- the random draws of a training sample (crop position, flips, rotations: whatever its dataset draws from
-  python's ``random``, numpy's or torch's global generator) depend only on (``manual_seed``, epoch, the sample's
-  position in the epoch's permutation): ``basicsr.train.build_dataloader`` is wrapped so that the train sampler
-  yields ``SampleIndex`` (an int that also carries seed, epoch and position) and the dataset is wrapped in
-  ``PositionSeeded``, which seeds the three generators from them before each sample and restores them after.
-  Upstream, the draws depend on which worker serves the sample and on how many samples that worker drew before
-  (basicsr's ``worker_init_fn`` seeds each worker once per epoch), so a resumed run drew differently.
-
-With or without DataLoader workers, and on any number of DDP ranks, the resumed losses then equal the
-uninterrupted run's. The position is the one in the global permutation (rank-independent), so a sample also gets
-the same augmentation whatever the number of ranks and workers.
-
-Several machines (``_agreed``): with more than one rank, rank 0 alone decides what to resume from (its
-``--auto_resume`` choice or ``path.resume_state``) and sends the bytes of the state file and of the network files
-it points to (and of any ``pretrain_network_*``) to the other ranks, which load them from memory
-(``utils.checkpoint.received``). A node without the files, or with a stale copy, resumes exactly like rank 0; an
-error on rank 0 is sent instead and stops every rank with the same line.
-
-All names are looked up as module globals by ``train_pipeline`` / ``create_train_val_dataloader``, so replacing
-them in ``basicsr.train`` is enough. Drop this module when upstream resumes mid-epoch and across nodes.
+Upstream ``train_pipeline`` restarts the interrupted epoch from its first batch and re-applies the seeds, and a
+sample's random draws depend on which DataLoader worker serves it. ``install()`` wraps three module globals of
+``basicsr.train`` and ``EnlargedSampler.__iter__``: after a resume the sampler skips the batches already trained
+and restores this rank's random states (``MultiStageRestorationModel`` saves every rank's); each training sample
+is seeded from (``manual_seed``, epoch, position in the global permutation) by ``PositionSeeded``, so its draws
+do not depend on workers or ranks. With several ranks (``_agreed``) rank 0 alone decides what to resume from and
+sends the bytes of the state and network files (``utils.checkpoint.received``): nodes need no shared storage, and
+an error on rank 0 stops every rank with the same line. Drop when upstream resumes mid-epoch and across nodes.
 """
-import random
-
 import os
+import random
 
 import basicsr.train as _bsr_train
 import numpy as np
@@ -44,9 +19,9 @@ from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.utils import check_resume
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError, one_line
+from ..utils.checkpoint import RECEIVED_FILES, set_rng_states
 from .compat import read_training_state
-from .errors import ConfigError, one_line
-from .utils.checkpoint import RECEIVED_FILES, set_rng_states
 
 _PENDING = {}
 
@@ -219,7 +194,7 @@ def _sampler_iter(self):
 
 
 def install():
-    """Idempotent; called by ``import hinet_plugins`` after ``compat``."""
+    """Idempotent; ``basicsr_ext.install`` calls it after ``compat.install``."""
     if not hasattr(_bsr_train.load_resume_state, 'upstream'):
         _bsr_train.load_resume_state = _remembering(_agreed(_bsr_train.load_resume_state))
     if not hasattr(_bsr_train.create_train_val_dataloader, 'upstream'):
@@ -227,6 +202,3 @@ def install():
     if not hasattr(_bsr_train.build_dataloader, 'upstream'):
         _bsr_train.build_dataloader = _seeding(_bsr_train.build_dataloader)
     EnlargedSampler.__iter__ = _sampler_iter
-
-
-install()
