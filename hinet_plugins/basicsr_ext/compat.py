@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 
 
 def _alias_functional_tensor():
@@ -148,8 +148,8 @@ def read_training_state(path, map_location='cpu', source=None):
                               f'containers ({reason[:160]}); it is not loaded, since unpickling them could run '
                               'code. Resume from a state written by this version, or start from the weights '
                               '(path.pretrain_network_g)') from None
-        raise ConfigError(f"path.resume_state: '{path}' is not a training state ({type(err).__name__}: "
-                          f"{text.splitlines()[0] if text else 'unreadable'})") from None
+        raise ConfigError(f"path.resume_state: '{path}' is not a training state "
+                          f"({first_line(err) if text else type(err).__name__ + ': unreadable'})") from None
     missing = [k for k in TRAINING_STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         found = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__

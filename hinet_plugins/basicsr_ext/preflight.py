@@ -38,23 +38,17 @@ from basicsr.losses import build_loss
 from basicsr.models import build_model
 from basicsr.utils import check_resume
 
-from ..errors import ConfigError
+from ..errors import BUILD_ERRORS, ConfigError, built_from_options, first_line
 from ..utils.checkpoint import rng_states, set_rng_states
 from .compat import read_training_state, resume_state_path
 from .options_check import loss_specs
 
 OPTIMIZER_NUMBERS = ('lr', 'weight_decay', 'eps', 'momentum', 'alpha', 'dampening')
-BUILD_ERRORS = (TypeError, ValueError, KeyError, IndexError)
 CHANNEL_MISMATCH = re.compile(r'expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels')
 
 
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _reason(err):
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
 @contextlib.contextmanager
@@ -90,22 +84,11 @@ def check_optimizer_values(opt, path):
 
 def check_parts(opt, path):
     """``network_g`` and each loss built alone, so that an error names its key."""
-    try:
-        build_network(copy.deepcopy(opt['network_g']))
-    except ConfigError as err:
-        raise ConfigError(f'{path}: {err}') from None
-    except BUILD_ERRORS as err:
-        raise ConfigError(f"{path}: network_g ({opt['network_g'].get('type')}) cannot be built: "
-                          f'{_reason(err)}') from None
+    built_from_options(build_network, opt['network_g'], 'network_g', path)
     if not opt.get('is_train'):
         return
     for where, spec in loss_specs(opt.get('train') or {}):
-        try:
-            build_loss(copy.deepcopy(spec))
-        except ConfigError as err:
-            raise ConfigError(f'{path}: {where}: {err}') from None
-        except BUILD_ERRORS as err:
-            raise ConfigError(f"{path}: {where} ({spec['type']}) cannot be built: {_reason(err)}") from None
+        built_from_options(build_loss, spec, where, path)
 
 
 def _data_channels(opt):
@@ -154,7 +137,7 @@ def _check_resume(model, state_path, state, path):
         raise ConfigError(f"{path}: path.resume_state '{state_path}': {err}") from None
     except (*BUILD_ERRORS, RuntimeError, AssertionError) as err:
         raise ConfigError(f"{path}: path.resume_state '{state_path}' does not fit these options (another network, "
-                          f'optimizer or scheduler?): {_reason(err)}') from None
+                          f'optimizer or scheduler?): {first_line(err)}') from None
 
 
 def preflight(opt, path):
@@ -185,7 +168,7 @@ def _preflight(opt, path):
             raise ConfigError(str(err) if str(err).startswith(path) else f'{path}: {err}') from None
         except BUILD_ERRORS as err:
             raise ConfigError(f"{path}: the options do not build model_type {opt.get('model_type')}: "
-                              f'{_reason(err)}') from None
+                              f'{first_line(err)}') from None
         if state is not None:
             _check_resume(model, state_path, state, path)
         check_input_channels(model, opt, path)

@@ -133,8 +133,3 @@ def build_batch_transforms(opt):
         if mixing.get('mixup', False):
             transforms.append(Mixup(mixing))
     return transforms
-
-
-def check_options(opt):
-    """Raise ConfigError for bad progressive-patch / mixup options (called before anything is created)."""
-    build_batch_transforms(opt)

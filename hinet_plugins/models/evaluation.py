@@ -2,9 +2,10 @@
 
 ``EvaluationMixin`` sits before basicsr's ``SRModel`` in ``MultiStageRestorationModel``'s bases and overrides:
 
-- ``test``: the last stage output of the evaluated net (EMA copy if present), with ``val.grids: true``
-  (+ ``crop_size``, ``crop_overlap``, ``max_minibatch``) by overlapping crops as in the HINet release, under the
-  evaluation autocast of ``amp`` / ``val.amp``.
+- ``test``: the last stage output of the evaluated net (EMA copy if present), under the evaluation autocast of
+  ``amp`` / ``val.amp``. ``val.grids: true`` (+ ``crop_size``, ``crop_overlap``, ``max_minibatch``; the HINet
+  release's option names) restores by overlapping crops blended with linear ramps (``utils/tiling.py``), where
+  the release averages the overlaps.
 - ``validation``: with ``val.tlc: {enabled, train_size, base_size, fast_imp, compare}`` the evaluated net is
   TLC-converted (``hinet_plugins.tlc``) for validation/test only and restored after; ``compare: true`` also
   validates without it (metrics of the TLC pass are logged as dataset ``<name>_tlc``).
@@ -20,6 +21,10 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 
 from ..errors import ConfigError
 from ..utils.tiling import tiled_forward
+
+
+# the keys of ``val.tlc``: TLC's own (those of ``tlc.convert``: train_size, base_size, fast_imp) and the switches
+VAL_TLC_KEYS = ('enabled', 'train_size', 'base_size', 'fast_imp', 'compare')
 
 
 def _as_list(outputs):
@@ -61,7 +66,6 @@ class EvaluationMixin:
         return self.eval_autocast()
 
     # ------------------------------------------------------------------ TLC at validation/test
-    TLC_KEYS = ('enabled', 'train_size', 'base_size', 'fast_imp', 'compare')
 
     @staticmethod
     def tlc_options(opt):
@@ -73,11 +77,11 @@ class EvaluationMixin:
             return None
         tlc = {} if tlc is True else tlc
         if not isinstance(tlc, dict):
-            raise ConfigError(f'val.tlc must be a mapping with keys {EvaluationMixin.TLC_KEYS}, '
+            raise ConfigError(f'val.tlc must be a mapping with keys {list(VAL_TLC_KEYS)}, '
                               f'got {tlc!r}')
-        unknown = sorted(set(tlc) - set(EvaluationMixin.TLC_KEYS))
+        unknown = sorted(set(tlc) - set(list(VAL_TLC_KEYS)))
         if unknown:
-            raise ConfigError(f'val.tlc: unknown key(s) {unknown}; expected {EvaluationMixin.TLC_KEYS}')
+            raise ConfigError(f'val.tlc: unknown key(s) {unknown}; expected {list(VAL_TLC_KEYS)}')
         if not tlc.get('enabled', True):
             return None
         train_size = tlc.get('train_size') or ((opt.get('datasets') or {}).get('train') or {}).get('gt_size')

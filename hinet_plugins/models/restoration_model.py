@@ -1,34 +1,16 @@
 """Multi-stage restoration model: basicsr's ``SRModel`` with losses summed over every stage output.
 
-Reuses basicsr for everything it already does (network building and loading, EMA, validation loop, metrics,
-logging, checkpoint layout, resume); overrides only what multi-stage networks need:
-
-- ``train.pixel_opt`` may be one loss or a list of losses (``train.losses`` is an alias for the list). Each loss
-  is applied to every stage output and summed with ``train.stage_weights`` (default: 1 for every stage).
-  Loss protocol (duck-typed attributes on the loss module):
-  ``needs_lq = True``    -> called as ``loss(pred, gt, lq=lq)`` (e.g. contrastive losses that use the input);
-  ``multi_stage = True`` -> called once with the whole list of stage outputs (it weights stages itself);
-  ``log_dict()``         -> extra scalars to log (e.g. learned stage ratios).
-  Loss modules with parameters are optimised in their own param group (``train.optim_loss`` overrides lr etc.),
-  averaged across ranks under DDP, and saved in the training state so ``--auto_resume`` restores them. The training
-  state also holds every rank's random states, so a resumed run continues the same draws
-  (``basicsr_ext.resume``).
-- ``train.loss_on_clamped: true`` computes the losses on outputs clamped to [0, 1] (MPRNet's denoising recipe).
-- Gradient clipping: ``train.use_grad_clip`` (max-norm ``train.grad_clip_norm``, 0.01 as in the HINet release).
-- Logs: each loss under its name (``l_psnr``, ``l_l1``, ...) and the total as ``l_pix``, the releases' name.
-- A non-finite loss stops training with a clear message; checkpoints are written atomically (temporary file,
-  then rename), so an interrupted save never replaces the last good checkpoint.
-- Validation/test: metrics and images use the last stage. ``val.grids: true`` (+ ``crop_size``, ``crop_overlap``,
-  ``max_minibatch``) restores large images by overlapping crops, as the HINet release does.
-  ``val.tlc: {enabled, train_size, base_size, fast_imp, compare}`` applies TLC (``hinet_plugins.tlc``) to the
-  evaluated net for validation/test only; ``compare: true`` also logs the metrics without it.
-- Schedulers (``models/lr_schedulers.py``): basicsr's plus ``TrueCosineAnnealingLR`` (the HINet release's name for
-  torch's cosine annealing) and Restormer's ``CosineAnnealingRestartCyclicLR``.
-- Per-iteration batch transforms (``models/batch_augment.py``): Restormer's progressive patch/batch sizes
-  (``datasets.train.gt_sizes / mini_batch_sizes / iters``) and mixup (``train.mixing_augs``), for every arch.
-- Speed switches (``models/speed.py``, all off by default): ``amp: bf16|fp16`` (top level; ``val.amp`` overrides it
-  for validation/test), ``channels_last: true`` (top level), ``train.compile: true|{backend, mode, ...}``,
-  ``train.grad_checkpoint: true``. Top-level keys act in training and test; ``train.*`` ones in training only.
+Reuses basicsr for what it already does (building and loading networks, EMA, validation loop, metrics, logging,
+checkpoint layout, resume) and adds what multi-stage networks need, one concern per mixin module:
+``train.pixel_opt`` / ``train.losses`` as one loss or a list, each applied to every stage and weighted by
+``train.stage_weights``; the loss protocol (``needs_lq``: called with ``lq=``; ``multi_stage``: called once with
+all stages; ``log_dict()``: extra scalars; trainable losses get their own param group, DDP averaging and a place
+in the training state); ``train.loss_on_clamped``; ``train.accumulate_grad_batches``; gradient clipping
+(``train.use_grad_clip``); DDP wrapping that also works on the CPU (``DeviceSafeSRModel``); logs per loss
+and ``l_pix`` for the total (the releases' name); a non-finite loss stops the run. Elsewhere: validation, grids
+and TLC (``evaluation.py``), checkpoints and every rank's random states (``checkpointing.py``), schedulers
+(``lr_schedulers.py``), per-iteration batch transforms (``batch_augment.py``), speed switches (``speed.py``).
+``ImageRestorationModel`` / ``ImageCleanModel`` are the releases' names (gradient clipping on by default).
 """
 from collections import OrderedDict
 

@@ -26,31 +26,16 @@ negligible next to the network). Validation outputs are cast back to float befor
 """
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 from basicsr.utils import get_root_logger
 
 from ..errors import ConfigError, TrainingDivergedError
+from ..utils.amp import AMP_DTYPES, OFF, amp_dtype, autocast  # noqa: F401  (AMP_DTYPES, OFF: restore/)
 
-AMP_DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
-OFF = (None, False, 'none', 'fp32', 'float32', 'no', 'off')
 COMPILE_KEYS = ('backend', 'mode', 'dynamic', 'fullgraph', 'options')
 COMPILE_MODES = (None, 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
-
-
-def parse_amp(value, key, device_type):
-    """``amp`` option value -> torch dtype or None; user mistakes -> ConfigError naming ``key``."""
-    if value in OFF:
-        return None
-    if not isinstance(value, str) or value.lower() not in AMP_DTYPES:
-        raise ConfigError(f"{key}: expected bf16, fp16 or false, got {value!r}")
-    dtype = AMP_DTYPES[value.lower()]
-    if dtype == torch.float16 and device_type != 'cuda':
-        raise ConfigError(f'{key}: fp16 needs a GPU (num_gpu > 0); on the CPU use {key}: bf16')
-    if dtype == torch.bfloat16 and device_type == 'cuda' and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f'{key}: this GPU has no bf16 support; use {key}: fp16')
-    return dtype
 
 
 def parse_compile(value, key='train.compile'):
@@ -87,9 +72,9 @@ class SpeedOptions:
         device_type = 'cuda' if opt.get('num_gpu', 0) != 0 else 'cpu'
         train_opt = (opt.get('train') or {}) if opt.get('is_train', True) else {}
         self.device_type = device_type
-        self.amp = parse_amp(opt.get('amp'), 'amp', device_type)
+        self.amp = amp_dtype(opt.get('amp'), device_type, 'amp')
         val_opt = opt.get('val') or {}
-        self.val_amp = parse_amp(val_opt['amp'], 'val.amp', device_type) if 'amp' in val_opt else self.amp
+        self.val_amp = amp_dtype(val_opt['amp'], device_type, 'val.amp') if 'amp' in val_opt else self.amp
         self.channels_last = _flag(opt.get('channels_last'), 'channels_last')
         self.compile = parse_compile(train_opt.get('compile'))
         self.grad_checkpoint = _flag(train_opt.get('grad_checkpoint'), 'train.grad_checkpoint')
@@ -104,11 +89,6 @@ class SpeedOptions:
     def any_on(self):
         return bool(self.amp or self.val_amp or self.channels_last or self.compile is not None
                     or self.grad_checkpoint)
-
-
-def autocast(device_type, dtype):
-    """``torch.autocast`` for ``dtype``, or a no-op context when ``dtype`` is None."""
-    return torch.autocast(device_type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def to_float(outputs):

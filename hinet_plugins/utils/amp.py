@@ -1,0 +1,37 @@
+"""Mixed precision: the one rule that turns an ``amp`` value (option file, ``Restorer``, ``--amp``) into a dtype.
+
+bf16 works on the CPU and on GPUs that support it; fp16 needs CUDA (CPU fp16 kernels are slower than fp32 and a
+gradient scaler buys nothing there). ``models/speed.py`` reads ``amp`` / ``val.amp`` through it; ``restore/``
+keeps its own copy (``restoring.amp_dtype``) until it switches to this one.
+"""
+from contextlib import nullcontext
+from typing import Optional
+
+import torch
+
+from ..errors import ConfigError
+
+AMP_DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
+OFF = (None, False, 'none', 'fp32', 'float32', 'no', 'off')
+
+
+def amp_dtype(value, device, key: str = 'amp') -> Optional[torch.dtype]:
+    """``value`` ('bf16', 'fp16', or off: None/false/'none'/'fp32') -> torch dtype or None for ``device`` (a
+    ``torch.device``, 'cpu', 'cuda', 'cuda:1'); user mistakes -> ConfigError naming ``key``."""
+    if value in OFF:
+        return None
+    if not isinstance(value, str) or value.lower() not in AMP_DTYPES:
+        raise ConfigError(f'{key}: expected bf16, fp16 or false, got {value!r}')
+    dtype = AMP_DTYPES[value.lower()]
+    device_type = torch.device(device).type
+    if dtype == torch.float16 and device_type != 'cuda':
+        raise ConfigError(f'{key}: fp16 needs a GPU (CUDA; here the device is {device_type}); on the CPU use '
+                          f'{key}: bf16')
+    if dtype == torch.bfloat16 and device_type == 'cuda' and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f'{key}: this GPU has no bf16 support; use {key}: fp16')
+    return dtype
+
+
+def autocast(device_type: str, dtype: Optional[torch.dtype]):
+    """``torch.autocast`` for ``dtype``, or a no-op context when ``dtype`` is None."""
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else nullcontext()
