@@ -1,21 +1,11 @@
 """Score a folder of restored images against their ground truth with basicsr's own metrics (``scripts/evaluate.py``).
 
-Every restored image is paired with the ground-truth image of the same file stem (extensions may differ) and scored
-with ``basicsr.metrics.calculate_psnr`` / ``calculate_ssim`` (``input_order='HWC'``, ``crop_border``,
-``test_y_channel``): the functions and arguments basicsr's validation uses, on the same values, so the mean equals
-the ``# psnr`` / ``# ssim`` that ``basicsr/test.py`` logs for the images it saved. basicsr's validation scores the
-uint8 images it writes (``tensor2img``), and PNG is lossless, so an evaluation of the saved PNGs reproduces those
-numbers exactly; results saved in a lossy format (JPEG) do not.
-
-Pairing: basicsr's test saves ``<stem>_<suffix>.png`` (``val.suffix``, or the option file's ``name``). When not
-every restored stem is a ground-truth stem, the one suffix that maps every restored stem onto a ground-truth stem
-is found and stripped (``suffix`` sets it explicitly). Every restored image must have its ground truth and every
-ground-truth image its restored image; otherwise nothing is scored and every unmatched name is reported.
-
-Values (read with ``cv2.IMREAD_UNCHANGED``, BGR as basicsr's own reader): 8-bit images are scored as they are;
-16-bit images are scaled to [0, 255] (``x * 255 / 65535``, float) because basicsr's metrics assume that range;
-an alpha channel is left out (colour only); gray images are scored as one channel. Sizes and channel counts must
-match within a pair.
+Each restored image is paired with the ground truth of the same stem and scored with basicsr's
+``calculate_psnr`` / ``calculate_ssim`` on the values basicsr's validation uses, so on saved PNGs the means equal
+what ``basicsr/test.py`` logs (a lossy format does not). basicsr's test saves ``<stem>_<suffix>.png``: when needed,
+the one suffix that maps every restored stem onto a ground-truth stem is found and stripped (``suffix`` sets it).
+Every image must have its partner, otherwise nothing is scored and every unmatched name is reported. Values:
+read unchanged (BGR); 16-bit scaled to [0, 255]; alpha left out; gray scored as one channel.
 """
 import csv
 import math

@@ -1,30 +1,14 @@
-"""Everything a run builds from its options, built once before basicsr creates, renames or writes anything.
+"""Everything a run builds from its options, built once on the CPU before basicsr creates, renames or writes anything.
 
-basicsr's ``train_pipeline`` archives an existing ``experiments/<name>`` (and ``tb_logger/<name>``) to
-``*_archived_<time>``, creates the new run's folders and writes its log and option copy *before* it builds the
-model; ``test_pipeline`` creates ``results/<name>`` first. An input error found while building would leave the
-user with an archived run and no new one, and a later ``--auto_resume`` would silently start again at iteration 0.
-So the launcher's ``parse_options`` hook calls ``preflight``, which, on the CPU and writing nothing:
-
-1. checks the value types of the optimizer settings (``train.optim_*``: ``lr``, ``weight_decay``, ``eps``,
-   ``momentum`` numbers, ``betas`` a pair of numbers);
-2. builds ``network_g`` alone, then each loss of ``train.*_opt`` / ``train.losses`` alone: this is the one boundary
-   where an arch's or a loss's ``ValueError`` / ``TypeError`` for a bad constructor argument becomes a one-line
-   ``ConfigError`` naming the option key (``network_g``, ``train.pixel_opt``, ...); the archs and losses know
-   nothing of option files;
-3. builds the whole model as the run will (model class, EMA copy, ``path.pretrain_network_g`` loaded and fitted,
-   the losses' own files, optimizers, schedulers), from a copy of the options with ``num_gpu: 0`` and no DDP;
-4. in training, reads the state the run will resume from (``--auto_resume`` or ``path.resume_state``), builds the
-   model with that iteration's network file as upstream's ``check_resume`` sets it, and loads the state into the
-   model (optimizer, scheduler and loss states must fit);
-5. runs the network once on a zero 64x64 input with the images' channels (3: basicsr decodes every image as
-   colour; 1 with ``color: y``) and reports a mismatch of the network's input channels (``network_g.in_chn`` and
-   the like); other forward errors are left to the run itself.
-
-basicsr's console logger is kept quiet meanwhile and left uninitialised, so that the run's first
-``get_root_logger`` call still attaches the log file, and the random generators are restored afterwards, so the
-run draws the same initial weights as without the checks. Cost: one extra build of the model on the CPU
-(seconds).
+basicsr's ``train_pipeline`` archives an existing ``experiments/<name>`` and writes the new run's folders *before*
+it builds the model, so an input error found while building would leave an archived run and no new one (and a
+later ``--auto_resume`` would start again at iteration 0). The launcher's ``parse_options`` hook therefore calls
+``preflight``, which writes nothing and: checks the optimizer values; builds ``network_g`` and each loss alone
+(``errors.built_from_options``: the one boundary where an arch's or a loss's ``ValueError`` becomes a one-line
+``ConfigError`` naming the option key); builds the whole model as the run will (``num_gpu: 0``, no DDP) and, in
+training, loads the state it will resume from; runs the network once on a zero 64x64 input with the images'
+channels to report an input-channel mismatch. basicsr's logger stays quiet and uninitialised meanwhile, and the
+random generators are restored, so the run draws the same initial weights as without the checks.
 """
 import contextlib
 import copy

@@ -1,25 +1,12 @@
 """MPRNet's edge loss (MPRNet Eq. 3): Charbonnier between the Laplacians of output and target.
 
-MPRNet's total loss (Eq. 1) is  sum over stages of  L_char(X_s, Y) + 0.05 * L_edge(X_s, Y). The model sums every
-loss of ``train.losses`` over the stage outputs, so an option file lists:
-
-    losses:
-      - {type: CharbonnierLoss, loss_weight: 1.0, reduction: mean, eps: !!float 1e-6}
-      - {type: EdgeLoss, loss_weight: 0.05, reduction: mean, eps: !!float 1e-6}
-
-Charbonnier: the paper writes sqrt(||X - Y||^2 + eps^2) with eps = 1e-3; the release (and we) compute it per
-element and average, mean(sqrt(d^2 + eps^2)). BasicSR's own ``CharbonnierLoss`` computes mean(sqrt(d^2 + eps)),
-eps *not* squared, so the paper's loss is BasicSR's with ``eps: 1e-6`` (= (1e-3)^2); we reuse it rather than
-register a copy. ``EdgeLoss.eps`` has the same BasicSR meaning (added inside the square root) for consistency.
-
-The model adds the per-stage values as tensors (the release's ``torch.sum`` over a Python list of losses fails
-on current PyTorch), so Eq. 1 is exactly ``sum_s [char_s + 0.05 * edge_s]``.
-
-Laplacian (the release's reading of the paper's "Laplacian operator"; the paper gives no formula): one level of
-a Laplacian pyramid. G = 5x5 Gaussian, outer product of [.05, .25, .4, .25, .05], applied per channel with
-replicate padding; lap(x) = x - G(up(down(G(x)))), where down keeps every second pixel (even rows/columns) and
-up puts them back in place with zeros in between, times 4 (the kernel's mass on the even sub-grid is 1/4).
-The edge loss is then Charbonnier(lap(pred), lap(target)). ``loss_weight`` carries the paper's lambda = 0.05.
+MPRNet's loss (Eq. 1) is sum_s L_char(X_s, Y) + 0.05 L_edge(X_s, Y): an option file lists BasicSR's
+``CharbonnierLoss`` and this ``EdgeLoss`` (``loss_weight: 0.05``) in ``train.losses``, summed over the stages by the
+model. BasicSR's Charbonnier computes mean(sqrt(d^2 + eps)) (eps not squared), so the paper's eps = 1e-3 is
+``eps: 1e-6`` there; ``EdgeLoss.eps`` has the same meaning. Laplacian (the release's reading; the paper gives no
+formula): one level of a Laplacian pyramid, lap(x) = x - G(up(down(G(x)))), G the 5x5 Gaussian from
+[.05, .25, .4, .25, .05] per channel with replicate padding, down keeping even rows/columns and up putting them
+back with zeros between, times 4.
 """
 import torch
 from basicsr.losses.basic_loss import charbonnier_loss

@@ -1,23 +1,13 @@
 """Per-iteration batch transforms of the training loop: progressive patch sizes and mixup (Restormer's recipe).
 
-One implementation for every architecture, driven by the option file with the Restormer release's keys:
-
-- **Progressive learning** (Restormer Sec. 3.3), in ``datasets.train``: ``gt_size`` is the largest patch the
-  dataset crops and ``batch_size_per_gpu`` the largest batch; ``gt_sizes: [128, 160, ...]``,
-  ``mini_batch_sizes: [8, 5, ...]`` and ``iters: [92000, 64000, ...]`` give, per stage, the patch side, the batch
-  per GPU and the number of iterations. Iteration ``t`` (1-based, as basicsr counts) is in the first stage whose
-  cumulative iteration count reaches ``t``; later iterations stay in the last stage. Each iteration keeps
-  ``mini_batch_size`` samples of the loaded batch, drawn without replacement and kept in the drawn order (as the
-  release: mixup's permutation then pairs the same samples), and crops the same random
-  ``mini_gt_size`` window out of all of them (``scale`` x larger on GT). Stage changes are logged.
-- **Mixup** (Restormer's denoising files), in ``train.mixing_augs: {mixup: true, mixup_beta: 1.2,
-  use_identity: true}``: the batch is mixed with a permutation of itself, ``lam * x + (1 - lam) * x[perm]`` for
-  input and target alike, ``lam ~ Beta(beta, beta)``. With ``use_identity`` the batch is left as it is half of
-  the time (the identity is one more choice among the augmentations, as in the release). MPRNet's denoising
-  recipe: ``per_sample: true`` (one lam per sample), ``after_iter: N`` (no mixup up to iteration N).
-
-Random draws come from Python's ``random`` and torch's global generator, which basicsr seeds from
-``manual_seed`` and the training state saves and restores, so resumed runs draw the same.
+One implementation for every architecture, with the Restormer release's keys. Progressive learning
+(``datasets.train.gt_sizes / mini_batch_sizes / iters``): iteration ``t`` (1-based) is in the first stage whose
+cumulative count reaches it; each iteration keeps ``mini_batch_size`` samples of the loaded batch (drawn without
+replacement, in drawn order as the release) and crops the same random window from all of them. Mixup
+(``train.mixing_augs: {mixup, mixup_beta, use_identity}``): ``lam * x + (1 - lam) * x[perm]`` for input and
+target, ``lam ~ Beta(beta, beta)``; ``use_identity`` leaves the batch as it is half of the time (as the release);
+MPRNet's recipe adds ``per_sample`` and ``after_iter``. Draws come from Python's and torch's global generators,
+which basicsr seeds and the training state restores, so resumed runs draw the same.
 """
 import random
 

@@ -1,28 +1,14 @@
 """Throughput switches of the restoration model: mixed precision, channels_last, torch.compile, checkpointing.
 
-All are off by default and read from the option file:
-
-- ``amp: bf16 | fp16`` (top level): autocast of the training forward and of validation/test forwards.
-  ``val.amp`` overrides it for validation/test only (``val.amp: false`` trains in bf16 but validates in fp32).
-  ``fp16`` trains with ``torch.amp.GradScaler`` (its state is kept in the training state for resume) and needs
-  CUDA; on the CPU it is a ConfigError pointing to ``bf16``, since CPU fp16 kernels are slower than fp32 and
-  the scaler buys nothing there. ``bf16`` on a GPU without bf16 support is a ConfigError too.
-- ``channels_last: true`` (top level): network weights (training net, EMA copy) and inputs in NHWC layout.
-- ``train.compile: true`` or ``{backend, mode, dynamic, fullgraph, options}``: ``torch.compile`` of the training
-  forward (the DDP wrapper when distributed, as torch recommends). The network modules themselves are left
-  untouched, so checkpoints never get ``_orig_mod.`` prefixes and EMA reads the same parameters. If compiling
-  fails at run time (no C++ compiler for inductor, unsupported platform or Python, a tracing error), the step
-  is redone eagerly and training goes on uncompiled with one warning that says why; an unknown backend or mode
-  is a ConfigError. Evaluation runs eagerly: full-resolution validation images change size from image to image
-  (a recompile each) and the TLC converter rebuilds modules of the evaluated network.
-- ``train.grad_checkpoint: true``: activation checkpointing per stage for large patches (HINet: each stage's
-  encoder and decoder), through ``archs.blocks.checkpoint_call``. An architecture opts in by declaring a class
-  attribute ``grad_checkpoint = False`` and routing its stage segments through ``checkpoint_call(self, fn,
-  *args)``; asking for it on an architecture that did not opt in is a ConfigError.
-
-Reading chosen: under AMP the losses are computed in fp32 on the outputs cast back to float (the PSNR loss is
-a log of a mean square error, where bf16's 8-bit mantissa would quantise the training signal; the cost is
-negligible next to the network). Validation outputs are cast back to float before metrics and image writing.
+All off by default, read from the option file: ``amp: bf16 | fp16`` (``val.amp`` overrides it for evaluation;
+the rule is ``utils/amp.py``; fp16 trains with a ``GradScaler`` kept in the training state), ``channels_last``,
+``train.compile`` (true or ``{backend, mode, dynamic, fullgraph, options}``), ``train.grad_checkpoint``.
+Decisions: compile wraps the training forward only (the DDP wrapper when distributed), so checkpoints never get
+``_orig_mod.`` prefixes and evaluation (sizes change per image, TLC rebuilds modules) runs eagerly; a compile that
+fails at run time redoes the step eagerly and warns once with the reason. Gradient checkpointing is opt-in per
+architecture (class attribute ``grad_checkpoint`` and ``archs.blocks.checkpoint_call``); asking for it elsewhere
+is a ConfigError. Under AMP the losses are computed in fp32 on outputs cast back to float (PSNR loss is a log of
+an MSE, which bf16 would quantise).
 """
 import time
 import warnings

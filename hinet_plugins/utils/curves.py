@@ -1,8 +1,11 @@
-"""Training curves from a BasicSR training log: parse, and plot to PNG (loss and validation metrics vs iteration)."""
+"""Training curves: read basicsr's text log or TensorBoard events, plot to PNG (losses and validation metrics vs
+iteration). Used after every training by the launcher and by ``scripts/plot_curves.py``."""
 import glob
 import os
 import re
 from collections import defaultdict
+
+from ..errors import ConfigError
 
 _ITER = re.compile(r'\[epoch:\s*\d+, iter:\s*([\d,]+), lr:\(([^)]*)\)\]')
 _TERM = re.compile(r'\b([A-Za-z][\w]*):\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)')
@@ -75,3 +78,42 @@ def plot_series(train, val, out_png):
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def read_tensorboard(folder: str):
+    """({loss: [(iter, value)]}, {dataset/metric: [(iter, value)]}) from the event files under ``folder``: the
+    scalars basicsr writes (``losses/<name>``, ``metrics/<dataset>/<metric>``)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    train, val = defaultdict(list), defaultdict(list)
+    for events in sorted(glob.glob(os.path.join(folder, '**', 'events.out.tfevents.*'), recursive=True)):
+        acc = EventAccumulator(events, size_guidance={'scalars': 0})
+        acc.Reload()
+        for tag in acc.Tags().get('scalars', []):
+            points = [(e.step, e.value) for e in acc.Scalars(tag)]
+            if tag.startswith('metrics/'):
+                val[tag[len('metrics/'):]] += points
+            else:
+                train[tag.split('/', 1)[-1]] += points
+    return ({k: sorted(v) for k, v in train.items()}, {k: sorted(v) for k, v in val.items()})
+
+
+def load_series(path: str):
+    """(train, val, source, default PNG path) for a ``train_*.log``, an experiment folder (its newest log) or a
+    folder of TensorBoard events; ConfigError naming ``path`` when it holds none or no values."""
+    if os.path.isdir(path):
+        if glob.glob(os.path.join(path, 'train_*.log')):
+            path = find_train_log(path)
+        elif glob.glob(os.path.join(path, '**', 'events.out.tfevents.*'), recursive=True):
+            train, val = read_tensorboard(path)
+            if not train and not val:
+                raise ConfigError(f"no training or validation values found in '{path}'")
+            return train, val, path, os.path.join(path, 'training_curves.png')
+        else:
+            raise ConfigError(f"'{path}' holds neither train_*.log nor TensorBoard event files")
+    elif not os.path.isfile(path):
+        raise ConfigError(f"'{path}' does not exist (expected a train_*.log, an experiment folder or a "
+                          'TensorBoard log folder)')
+    train, val = parse_training_log(path)
+    if not train and not val:
+        raise ConfigError(f"no training or validation values found in '{path}'")
+    return train, val, path, os.path.join(os.path.dirname(os.path.abspath(path)), 'training_curves.png')
