@@ -1,9 +1,16 @@
-"""Shared fixtures: a tiny paired dataset (LMDB + folders) from skimage photos, option-file writers, launchers."""
+"""Shared fixtures and helpers: a tiny paired dataset (LMDB + folders) from skimage photos, option-file writers,
+launchers, basicsr's logged iterations, free ports, and the small image trees of the data-preparation tests.
+Test modules import helpers from here only (never from another test module)."""
 import contextlib
 import copy
+import functools
+import hashlib
+import importlib.util
 import io
 import logging
 import os
+import re
+import socket
 import subprocess
 import sys
 
@@ -159,3 +166,136 @@ def remove_repo_runs(name, created=()):
         top = os.path.join(REPO, folder)
         if folder in created and os.path.isdir(top) and not os.listdir(top):
             os.rmdir(top)
+
+
+# ---------------------------------------------------------------------------------------------- logs and processes
+ITER_LINE = re.compile(r'\[epoch:\s*(\d+), iter:\s*([\d,]+), lr:\(([^)]*)\)\].*?\]\s*(.*)$')
+
+
+def logged_iterations(text):
+    """{iteration: {'lr': str, 'epoch': int, <loss name>: str}} from basicsr's MessageLogger lines."""
+    found = {}
+    for line in text.splitlines():
+        match = ITER_LINE.search(line)
+        if match:
+            values = dict(re.findall(r'(\S+): (\S+)', match.group(4)))
+            found[int(match.group(2).replace(',', ''))] = dict(values, lr=match.group(3), epoch=int(match.group(1)))
+    return found
+
+
+def start(args, cwd, log_path):
+    """Start ``args`` in ``cwd`` with this checkout first on the path; stdout/stderr to ``log_path``.out/.err."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    env.pop('BASICSR_DIST_BACKEND', None)
+    out = open(str(log_path) + '.out', 'w')
+    err = open(str(log_path) + '.err', 'w')
+    proc = subprocess.Popen([str(a) for a in args], cwd=str(cwd), env=env, stdout=out, stderr=err, text=True)
+    proc.files = (out, err, str(log_path))
+    return proc
+
+
+def finish(proc, timeout=400):
+    """Wait for a ``start``ed process; (exit code, stdout, stderr)."""
+    proc.wait(timeout=timeout)
+    for f in proc.files[:2]:
+        f.close()
+    out, err = (open(proc.files[2] + suffix).read() for suffix in ('.out', '.err'))
+    return proc.returncode, out, err
+
+
+def free_port():
+    """A TCP port free on this machine now (for a process group's master)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------- data preparation
+PREPARE_SCRIPT = os.path.join(REPO, 'scripts', 'prepare_data.py')
+
+
+@functools.lru_cache(None)
+def _photo():
+    from hinet_plugins.data.demo_data import load_photo
+    return load_photo('astronaut')
+
+
+def photo_pair(h, w, seed):
+    """(clean, noisy) BGR uint8 crops of h x w from skimage's astronaut, placed by ``seed``."""
+    import cv2
+    import numpy as np
+    from hinet_plugins.data.demo_data import degrade
+    photo = _photo()
+    y, x = 17 * seed % (photo.shape[0] - h), 29 * seed % (photo.shape[1] - w)
+    clean = cv2.cvtColor(np.ascontiguousarray(photo[y:y + h, x:x + w]), cv2.COLOR_RGB2BGR)
+    return clean, degrade(clean, sigma=20, seed=seed)
+
+
+def write_image(path, img):
+    import cv2
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    assert cv2.imwrite(path, img)
+
+
+def load_script(path, name):
+    """A script of the repository as a module (its ``main`` then runs in-process)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.lru_cache(None)
+def prepare_script():
+    return load_script(PREPARE_SCRIPT, 'prepare_data_script')
+
+
+def prepare(cwd, *args, check=True):
+    """``scripts/prepare_data.py ARGS`` run in-process in ``cwd`` (imports paid once); returns (exit code, output)."""
+    out, here = io.StringIO(), os.getcwd()
+    code = 0
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            prepare_script().main([*args, '--no-progress'])
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        os.chdir(here)
+    if check and code:
+        raise AssertionError(f'prepare_data {args} failed ({code}):\n{out.getvalue()}')
+    return code, out.getvalue()
+
+
+def lmdb_keys(path):
+    """The keys of an LMDB written by the preparation, checked against its meta_info.txt."""
+    import lmdb
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        keys = sorted(k.decode() for k in txn.cursor().iternext(values=False))
+    env.close()
+    with open(os.path.join(path, 'meta_info.txt')) as f:
+        meta = sorted(line.split('.png ')[0] for line in f)
+    assert keys == meta, 'meta_info.txt lists exactly the LMDB keys'
+    assert not any('.' in k for k in keys)
+    return keys
+
+
+def tree(root):
+    """{relative path: sha256 of the file, or 'dir'} of everything under ``root``."""
+    out = {}
+    for top, dirs, files in os.walk(root):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(top, d), root)] = 'dir'
+        for f in files:
+            with open(os.path.join(top, f), 'rb') as fh:
+                out[os.path.relpath(os.path.join(top, f), root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def cut_short(path, keep=0.6):
+    """Truncate an image file: its header still reads, its pixels do not."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:int(len(data) * keep)])

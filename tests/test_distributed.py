@@ -23,14 +23,12 @@ the ratio over the whole batch: measured 4.4e-5 relative for DRCNet + Intra-CR, 
 import os
 import re
 import shutil
-import socket
 import subprocess
 import uuid
 
 import pytest
 import torch
-from conftest import PY, REPO, base_options, write_options
-from test_resume import logged_iterations
+from conftest import PY, REPO, base_options, free_port, logged_iterations, write_options
 
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
@@ -50,12 +48,6 @@ if _trace:
             f.write(os.environ.get('RANK', '-') + ' ' + line + '\\n')
     sys.addaudithook(_hook)
 '''
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')

@@ -5,7 +5,7 @@ import os
 import re
 import subprocess
 import sys
-import time
+import types
 
 import pytest
 from conftest import REPO
@@ -35,9 +35,7 @@ def table(text, heading):
 @pytest.mark.slow
 def test_dry_run_writes_the_three_tables(tmp_path):
     out = tmp_path / 'suite'
-    start = time.time()
     proc = suite('--dry-run', '--out', str(out))
-    seconds = time.time() - start
     assert proc.returncode == 0, proc.stdout[-5000:]
     text = (out / 'gpu_suite.md').read_text()
     assert text.startswith('# GPU suite: CPU') and 'dry run' in text and 'SOME PART FAILED' not in text
@@ -65,7 +63,6 @@ def test_dry_run_writes_the_three_tables(tmp_path):
     assert simple['fp16'][-1] == 'amp: fp16 needs a GPU'
     for row in rows:  # every planned measurement either ran or was left out by the 10 s budget (machine speed)
         assert row[1] == 'fp16' or row[-1] == 'not measured: over the 10 s time budget' or float(row[2]) > 0, row
-    assert seconds < 120, f'dry run took {seconds:.0f} s'  # under a minute on an idle 2-core machine
 
 
 @pytest.mark.slow
@@ -82,20 +79,24 @@ def test_usage_errors_are_one_line_and_write_nothing(tmp_path):
 
 def test_time_budget_leaves_out_what_would_end_past_it(monkeypatch):
     """``run_plan`` under ``--time-budget``: a measurement whose estimate (the same configuration's last one) would
-    end past the budget is recorded as not measured, and so is everything after it in the plan."""
+    end past the budget is recorded as not measured, and so is everything after it in the plan. The clock is a
+    fake one that each measurement moves on by 0.2 s, so the outcome does not depend on the machine's load."""
     import importlib.util
     spec = importlib.util.spec_from_file_location('throughput_bench', os.path.join(REPO, 'benchmarks', 'throughput.py'))
     throughput = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(throughput)
 
+    clock = [1000.0]
+
     def fake_measure(net_opt, switch, args, device, workdir):
-        time.sleep(0.2)
+        clock[0] += 0.2
         return {'measured': switch}
     monkeypatch.setattr(throughput, 'measure', fake_measure)
+    monkeypatch.setattr(throughput, 'time', types.SimpleNamespace(time=lambda: clock[0]))
     args = throughput.parse_args(['--device', 'cpu', '--time-budget', '0.5', '--no-data'])
     plan = [('net', {'type': 'HINetSimple'}, sw) for sw in ('fp32', 'bf16', 'channels_last', 'tf32')]
     rows = throughput.run_plan(plan, args, 'cpu', '/tmp', log=open(os.devnull, 'w'))['net']
     assert rows['fp32'] == {'measured': 'fp32'}
     assert rows['tf32']['skipped'].startswith('not measured: over the ')
     kinds = ['measured' in rows[sw] for sw in ('fp32', 'bf16', 'channels_last', 'tf32')]
-    assert kinds == sorted(kinds, reverse=True) and not kinds[-1]  # measured ones first, then only skipped
+    assert kinds == [True, True, False, False]  # at 0.4 s, one more 0.2 s measurement would end past 0.5 s

@@ -39,6 +39,7 @@ def test_every_basicsr_module_imports_after_hinet_plugins():
     assert 'site-packages' in basicsr.__file__
 
 
+@pytest.mark.slow
 def test_registered_names_and_no_clash_with_upstream():
     ours = {
         'arch': {n for n, o in ARCH_REGISTRY if o.__module__.startswith('hinet_plugins')},

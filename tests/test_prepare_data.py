@@ -2,8 +2,6 @@
 result through the repository's own option files (dataset paths unchanged); error cases; idempotence;
 scripts/plot_curves.py on the log of one of those trainings."""
 import contextlib
-import functools
-import importlib.util
 import io
 import os
 
@@ -14,28 +12,13 @@ import pytest
 import scipy.io
 import yaml
 
-from conftest import PY, REPO, run_cli, train_module, write_options
-from hinet_plugins.data.demo_data import degrade, load_photo
+from conftest import (PREPARE_SCRIPT, PY, REPO, cut_short, lmdb_keys, load_script, prepare, prepare_script, run_cli,
+                      train_module, tree, write_options)
+from conftest import photo_pair as _pair
+from conftest import write_image as _write
 
-SCRIPT = os.path.join(REPO, 'scripts', 'prepare_data.py')
+SCRIPT = PREPARE_SCRIPT
 SIDD_SCENES = ('0001_001_S6_00100_00060_3200_L', '0002_001_S6_00100_00020_3200_N')
-
-
-@functools.lru_cache(None)
-def _photo():
-    return load_photo('astronaut')
-
-
-def _pair(h, w, seed):
-    photo = _photo()
-    y, x = 17 * seed % (photo.shape[0] - h), 29 * seed % (photo.shape[1] - w)
-    clean = cv2.cvtColor(np.ascontiguousarray(photo[y:y + h, x:x + w]), cv2.COLOR_RGB2BGR)
-    return clean, degrade(clean, sigma=20, seed=seed)
-
-
-def _write(path, img):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    assert cv2.imwrite(path, img)
 
 
 def make_sidd(root):
@@ -91,44 +74,8 @@ def make_rain13k(root, test_sets=('Rain100H', 'Test100')):
             _write(os.path.join(root, 'test', name, 'input', f'rain-{i:03d}.png'), rainy)
 
 
-def _load_script(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-PREPARE = _load_script(SCRIPT, 'prepare_data_script')
-PLOT = _load_script(os.path.join(REPO, 'scripts', 'plot_curves.py'), 'plot_curves_script')
-
-
-def prepare(cwd, *args, check=True):
-    """``scripts/prepare_data.py ARGS`` run in-process in ``cwd`` (imports paid once); returns (exit code, output)."""
-    out, here = io.StringIO(), os.getcwd()
-    code = 0
-    try:
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            PREPARE.main([*args, '--no-progress'])
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        os.chdir(here)
-    if check and code:
-        raise AssertionError(f'prepare_data {args} failed ({code}):\n{out.getvalue()}')
-    return code, out.getvalue()
-
-
-def lmdb_keys(path):
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        keys = sorted(k.decode() for k in txn.cursor().iternext(values=False))
-    env.close()
-    with open(os.path.join(path, 'meta_info.txt')) as f:
-        meta = sorted(line.split('.png ')[0] for line in f)
-    assert keys == meta, 'meta_info.txt lists exactly the LMDB keys'
-    assert not any('.' in k for k in keys)
-    return keys
+PREPARE = prepare_script()
+PLOT = load_script(os.path.join(REPO, 'scripts', 'plot_curves.py'), 'plot_curves_script')
 
 
 def train_with_repo_options(name, cwd, iters=1, gt_size=32, tensorboard=False):
@@ -150,6 +97,7 @@ def train_with_repo_options(name, cwd, iters=1, gt_size=32, tensorboard=False):
     return exp
 
 
+@pytest.mark.slow
 def test_sidd_prepare_train_and_plot_curves(tmp_path):
     make_sidd(tmp_path / 'datasets' / 'SIDD')
     out = prepare(tmp_path, 'sidd', '--crop-size', '48', '--step', '32')[1]
@@ -198,6 +146,7 @@ def test_sidd_prepare_train_and_plot_curves(tmp_path):
     assert cv2.imread(str(png)).shape[1] > 500
 
 
+@pytest.mark.slow
 def test_gopro_and_reds_prepare_and_train(tmp_path):
     make_gopro(tmp_path / 'datasets' / 'GoPro')
     prepare(tmp_path, 'gopro', '--crop-size', '48', '--step', '32')
@@ -219,6 +168,7 @@ def test_gopro_and_reds_prepare_and_train(tmp_path):
     train_with_repo_options('REDS', tmp_path)
 
 
+@pytest.mark.slow
 def test_rain13k_prepare_and_train(tmp_path):
     root = tmp_path / 'datasets' / 'Rain13k'
     make_rain13k(root)
@@ -233,6 +183,7 @@ def test_rain13k_prepare_and_train(tmp_path):
     train_with_repo_options('Rain13k', tmp_path)
 
 
+@pytest.mark.slow
 def test_layout_errors_are_reported_before_anything_is_written(tmp_path):
     root = tmp_path / 'datasets' / 'GoPro'
     make_gopro(root)
@@ -279,27 +230,6 @@ def test_bad_arguments(tmp_path, capsys, args, message):
 
 
 # ------------------------------------------------------------------------------- re-runs, broken files, all-or-nothing
-def tree(root):
-    """{relative path: sha256 of the file, or 'dir'} of everything under ``root``."""
-    import hashlib
-    out = {}
-    for top, dirs, files in os.walk(root):
-        for d in dirs:
-            out[os.path.relpath(os.path.join(top, d), root)] = 'dir'
-        for f in files:
-            with open(os.path.join(top, f), 'rb') as fh:
-                out[os.path.relpath(os.path.join(top, f), root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
-
-
-def cut_short(path, keep=0.6):
-    """Truncate an image file: its header still reads, its pixels do not."""
-    with open(path, 'rb') as f:
-        data = f.read()
-    with open(path, 'wb') as f:
-        f.write(data[:int(len(data) * keep)])
-
-
 def make_sidd_at_root(sidd):
     """SIDD_Medium_Srgb/Data and the validation .mat files at the dataset root: the outputs' train/ and val/ are new."""
     make_sidd(sidd)

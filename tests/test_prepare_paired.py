@@ -5,8 +5,10 @@ import os
 import pytest
 import yaml
 
-from conftest import PY, REPO, run_cli, train_module, write_options
-from test_prepare_data import SCRIPT, _pair, _write, cut_short, lmdb_keys, prepare, tree
+from conftest import PREPARE_SCRIPT as SCRIPT
+from conftest import PY, REPO, cut_short, lmdb_keys, prepare, run_cli, train_module, tree, write_options
+from conftest import photo_pair as _pair
+from conftest import write_image as _write
 
 SIZES = ((64, 80), (72, 64), (64, 64), (80, 96), (64, 72), (96, 64))  # six pairs of different sizes
 

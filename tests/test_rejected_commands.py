@@ -38,11 +38,10 @@ def tree(root):
 @pytest.fixture(scope='module')
 def finished_root(tiny_data, tmp_path_factory):
     """A root with a finished 2-iteration run (TensorBoard on) and a finished test run of its checkpoint."""
-    import _pytest.monkeypatch
     root = tmp_path_factory.mktemp('finished')
     opt = base_options(tiny_data, name=NAME, total_iter=2)
     opt['logger'].update(use_tb_logger=True, save_checkpoint_freq=1)
-    mp = _pytest.monkeypatch.MonkeyPatch()
+    mp = pytest.MonkeyPatch()
     try:
         code, err = run_launcher(root, write_options(opt, root / 'inputs' / 'train.yml'), monkeypatch=mp)
         assert code == 0, err
@@ -129,6 +128,7 @@ CASES = ['scheduler', 'other_arch', 'lr_string_force_yml', 'lr_string_yml', 'in_
          'arch_argument', 'arch_value', 'loss_argument', 'test_checkpoint']
 
 
+@pytest.mark.slow
 def test_rejected_commands_change_nothing(finished_root, monkeypatch):
     root = finished_root['root']
     bad = _bad_files(root)

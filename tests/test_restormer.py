@@ -333,6 +333,7 @@ def test_progressive_mini_batch_keeps_the_drawn_order_under_mixup(tiny_data):
         assert not torch.allclose(ours, lam * in_sorted_order + (1 - lam) * in_sorted_order[perm], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_progressive_and_mixup_option_errors_are_one_line(tiny_data, tmp_path):
     opt = base_options(tiny_data, network=dict(TINY))
     opt['datasets']['train'].update(gt_sizes=[32, 64], mini_batch_sizes=[4, 2], iters=[1, 1])

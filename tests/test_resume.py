@@ -13,47 +13,15 @@ import glob
 import os
 import re
 import signal
-import subprocess
 import time
 import uuid
 
 import pytest
 import torch
-from conftest import PY, REPO, base_options, missing_run_folders, remove_repo_runs, write_options
+from conftest import (PY, REPO, base_options, finish, logged_iterations, missing_run_folders, remove_repo_runs, start,
+                      write_options)
 
 import basicsr
-
-ITER_LINE = re.compile(r'\[epoch:\s*(\d+), iter:\s*([\d,]+), lr:\(([^)]*)\)\].*?\]\s*(.*)$')
-
-
-def logged_iterations(text):
-    """{iteration: {'lr': str, 'epoch': int, <loss name>: str}} from basicsr's MessageLogger lines."""
-    found = {}
-    for line in text.splitlines():
-        match = ITER_LINE.search(line)
-        if match:
-            values = dict(re.findall(r'(\S+): (\S+)', match.group(4)))
-            found[int(match.group(2).replace(',', ''))] = dict(values, lr=match.group(3), epoch=int(match.group(1)))
-    return found
-
-
-def start(args, cwd, log_path):
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', PYTHONPATH=REPO)
-    env.pop('BASICSR_DIST_BACKEND', None)
-    out = open(str(log_path) + '.out', 'w')
-    err = open(str(log_path) + '.err', 'w')
-    proc = subprocess.Popen([str(a) for a in args], cwd=str(cwd), env=env, stdout=out, stderr=err, text=True)
-    proc.files = (out, err, str(log_path))
-    return proc
-
-
-def finish(proc, timeout=400):
-    proc.wait(timeout=timeout)
-    for f in proc.files[:2]:
-        f.close()
-    out, err = (open(proc.files[2] + suffix).read() for suffix in ('.out', '.err'))
-    return proc.returncode, out, err
-
 
 # ---------------------------------------------------------------------------------------------- literal launchers
 @pytest.fixture(scope='module')

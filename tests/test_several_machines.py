@@ -13,9 +13,7 @@ import time
 
 import pytest
 
-from conftest import PY, REPO, base_options, remove_repo_runs, write_options
-from test_distributed import free_port
-from test_resume import logged_iterations
+from conftest import PY, REPO, base_options, free_port, logged_iterations, remove_repo_runs, write_options
 
 pytestmark = pytest.mark.slow
 BOUND = 240  # seconds any one command may take here

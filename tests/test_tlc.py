@@ -312,6 +312,7 @@ def _psnr_lines(log):
     return dict(re.findall(r'Validation (\S+)\n\s+# psnr: ([\d.]+)', log))
 
 
+@pytest.mark.slow
 def test_training_logs_psnr_with_and_without_tlc(tiny_data, tmp_path):
     opt_path = write_options(_tlc_options(tiny_data, 'tlc_train', fast_imp=True), tmp_path / 'tlc.yml')
     out = train_module(opt_path, tmp_path).stdout
@@ -320,6 +321,7 @@ def test_training_logs_psnr_with_and_without_tlc(tiny_data, tmp_path):
     assert 'TLC: 6 layer(s) made local (6 InstanceNorm2d; train_size=(48, 48), base_size=(72, 72)' in out
 
 
+@pytest.mark.slow
 def test_test_pipeline_with_shipped_tlc_option_file(tiny_data, tmp_path):
     """options/test/HINet-SIDD-TLC.yml with the data, width and checkpoint swapped for tiny ones."""
     with open(os.path.join(REPO, 'options/test/HINet-SIDD-TLC.yml')) as f:
