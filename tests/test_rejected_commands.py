@@ -9,30 +9,17 @@ only then fail. The launcher runs in-process (``launch.run``, the body of ``basi
 literal ``python basicsr/train.py`` for the exit code and stderr.
 """
 import copy
-import hashlib
 import os
 import shutil
 import subprocess
 
 import pytest
 import torch
-from conftest import PY, REPO, base_options, run_launcher, write_options
+from conftest import PY, REPO, base_options, run_launcher, tree, write_options
 
 from basicsr.archs import build_network
 
 NAME = 'finished'
-
-
-def tree(root):
-    out = {}
-    for folder, dirs, files in os.walk(root):
-        for d in dirs:
-            out[os.path.relpath(os.path.join(folder, d), root) + '/'] = None
-        for f in files:
-            path = os.path.join(folder, f)
-            with open(path, 'rb') as fh:
-                out[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope='module')

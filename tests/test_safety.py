@@ -1,36 +1,20 @@
 """Nothing from a file or a command-line value runs code, runs stay inside their folders, inputs are never written
 over. Each payload would create a marker file if it ran; the marker must not exist afterwards, and a rejected
 command leaves the tree as it was (names and contents)."""
-import hashlib
 import os
 import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from conftest import PY, REPO, base_options, run_launcher, write_options
+from conftest import PY, REPO, base_options, run_launcher, tree, write_options
 from hinet_plugins.basicsr_ext.compat import STATE_GLOBALS, read_training_state
-from hinet_plugins.errors import ConfigError
 from hinet_plugins.restore import Restorer
 from hinet_plugins.restore.image_files import apply_orientation, read_image
 
 NET = {'type': 'HINet', 'wf': 4, 'depth': 3}
-
-
-def snapshot(root):
-    """{relative path: sha256} of every file and folder under ``root``."""
-    out = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(folder, name), root)] = 'dir'
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, 'rb') as f:
-                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def launch(cwd, *args, mode='train'):
@@ -79,18 +63,18 @@ def test_crafted_state_never_runs(run_root):
     torch.save({'epoch': 0, 'iter': 2, 'optimizers': [], 'schedulers': [], 'x': Payload(marker)}, state)
     opt['path']['resume_state'] = str(state)
     path = write_options(opt, root / 'opt.yml')
-    before = snapshot(root)
+    before = tree(root)
     assert_rejected(launch(root, '-opt', path), str(state), 'could run code')
-    assert not marker.exists() and snapshot(root) == before
+    assert not marker.exists() and tree(root) == before
     # the same file found by --auto_resume in the run's own folder
     opt['path']['resume_state'] = None
     path = write_options(opt, root / 'opt.yml')
     states = root / 'experiments' / 'tiny' / 'training_states'
     states.mkdir(parents=True)
     os.replace(state, states / '2.state')
-    before = snapshot(root)
+    before = tree(root)
     assert_rejected(launch(root, '-opt', path, '--auto_resume'), '2.state', 'could run code')
-    assert not marker.exists() and snapshot(root) == before
+    assert not marker.exists() and tree(root) == before
 
 
 @pytest.mark.slow
@@ -116,10 +100,10 @@ def test_states_written_by_training_load_weights_only(run_root):
 def test_force_yml_is_data(run_root, entry, fragments, monkeypatch):
     root, opt, marker = run_root
     path = write_options(opt, root / 'opt.yml')
-    before = snapshot(root)
+    before = tree(root)
     flags = ('--force_yml', entry.format(marker=marker))
     assert_rejected(run_launcher(root, path, *flags, monkeypatch=monkeypatch), *fragments)
-    assert not marker.exists() and snapshot(root) == before
+    assert not marker.exists() and tree(root) == before
 
 
 def test_yaml_tags_in_option_file_never_run(run_root, monkeypatch):
@@ -127,9 +111,9 @@ def test_yaml_tags_in_option_file_never_run(run_root, monkeypatch):
     path = write_options(opt, root / 'opt.yml')
     with open(path, 'a') as f:
         f.write(f'extra: !!python/object/apply:os.system ["touch {marker}"]\n')
-    before = snapshot(root)
+    before = tree(root)
     assert_rejected(run_launcher(root, path, monkeypatch=monkeypatch), 'not valid YAML')
-    assert not marker.exists() and snapshot(root) == before
+    assert not marker.exists() and tree(root) == before
 
 
 @pytest.mark.slow
@@ -160,10 +144,10 @@ def test_runs_stay_in_their_folders(run_root, tmp_path, key, value, monkeypatch)
         node = node[part]
     node[last] = value.replace('/ABS', str(tmp_path))
     path = write_options(opt, root / 'opt.yml')
-    before, outside = snapshot(root), snapshot(tmp_path)
+    before, outside = tree(root), tree(tmp_path)
     for mode in ('train', 'test'):
         assert_rejected(run_launcher(root, path, mode=mode, monkeypatch=monkeypatch), key.split('.')[-1])
-    assert snapshot(root) == before and snapshot(tmp_path) == outside
+    assert tree(root) == before and tree(tmp_path) == outside
 
 
 # ------------------------------------------------------------------------------------------ inference
@@ -204,11 +188,11 @@ def test_inputs_are_never_overwritten(tmp_path, checkpoint):
     cv2.imwrite(str(src / 'photo.png'), photo)
     (tmp_path / 'link').symlink_to(src, target_is_directory=True)
     (tmp_path / 'a_file.png').write_bytes(b'not a folder')
-    before = snapshot(tmp_path)
+    before = tree(tmp_path)
     for out, fragment in ((tmp_path / 'link', 'is the input folder'), (src / '..' / 'in', 'is the input folder'),
                           (tmp_path / 'a_file.png', 'is a file')):
         assert_rejected(inference('-i', str(src), '-o', str(out), *model_args(checkpoint)), fragment)
-        assert snapshot(tmp_path) == before
+        assert tree(tmp_path) == before
 
 
 def test_non_finite_pixels_are_refused(tmp_path, checkpoint):
