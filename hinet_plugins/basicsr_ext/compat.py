@@ -16,6 +16,7 @@ import os
 import sys
 import types
 import warnings
+from typing import Optional
 
 import torch
 
@@ -85,7 +86,7 @@ def dist_backend():
     return os.environ.get('BASICSR_DIST_BACKEND') or ('nccl' if cuda_present() else 'gloo')
 
 
-def resume_state_path(opt):
+def resume_state_path(opt: dict) -> Optional[str]:
     """The state file a run resumes from: with ``--auto_resume`` the newest ``<iter>.state`` in the run's
     ``training_states`` folder under its root (upstream looks in ``experiments/`` of the current folder), else
     ``path.resume_state``; None when there is none."""
@@ -100,7 +101,7 @@ def resume_state_path(opt):
     return (opt.get('path') or {}).get('resume_state') or None
 
 
-def load_resume_state(opt):
+def load_resume_state(opt: dict) -> Optional[dict]:
     """Upstream's ``basicsr.train.load_resume_state`` maps the state to ``torch.cuda.current_device()`` (fails on a
     CPU-only machine), unpickles it with ``weights_only=False`` (a crafted ``.state`` runs code) and looks for
     ``experiments/`` in the current folder. Ours: the same lookup (``resume_state_path``), the CPU when there is no
@@ -129,7 +130,7 @@ TRAINING_STATE_KEYS = ('epoch', 'iter', 'optimizers', 'schedulers')
 STATE_GLOBALS = [collections.Counter]
 
 
-def read_training_state(path, map_location='cpu', source=None):
+def read_training_state(path: str, map_location='cpu', source: Optional[bytes] = None) -> dict:
     """A basicsr training state (``experiments/<name>/training_states/<iter>.state``), read with
     ``weights_only=True`` (tensors, numbers, strings and containers only: nothing in the file can run code), or
     ConfigError naming the file when it is not one (not a pickle, truncated, another kind of file, or a pickle of
@@ -242,7 +243,7 @@ def init_wandb_logger(opt):
     get_root_logger().info(f"Use wandb logger with id={run_id}; project={settings['project']}; files in {folder}.")
 
 
-def install():
+def install() -> None:
     """Replace upstream's functions by the ones above (idempotent); ``basicsr_ext.install`` calls it."""
     if getattr(basicsr, '_hinet_plugins_patched', False):
         return

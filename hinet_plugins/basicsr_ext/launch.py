@@ -14,6 +14,7 @@ changes nothing on disk. Keep as long as the checks are wanted (upstream has non
 """
 import os
 import sys
+from typing import Optional
 
 from ..errors import ConfigError, TrainingDivergedError, one_line
 from ..utils.checkpoint import CheckpointWriteError
@@ -26,7 +27,7 @@ from .preflight import preflight
 _parsed = {}  # the options of the current run, as parsed (for the curves written after training)
 
 
-def parse_options(root_path, is_train=True):
+def parse_options(root_path: str, is_train: bool = True) -> tuple:
     """basicsr's ``parse_options(root_path, is_train)``, safe and checked (module docstring)."""
     opt, args = run_options.parse_options(root_path, is_train, sys.argv[1:], init_dist=compat.init_dist)
     error = None
@@ -43,7 +44,7 @@ def parse_options(root_path, is_train=True):
 AGREED_OPTIONS = ('name', 'model_type', 'manual_seed', 'network_g', 'train', 'scale')
 
 
-def agree(opt, error):
+def agree(opt: dict, error: Optional[ConfigError]) -> None:
     """With several ranks, every rank learns whether any rank's checks failed or its options differ from rank
     0's (another file on another node), and then all stop with one line, instead of the others waiting for it."""
     if not opt.get('dist'):
@@ -68,13 +69,13 @@ def agree(opt, error):
                           'run the same option file and --force_yml')
 
 
-def install():
+def install() -> None:
     """Idempotent; ``basicsr_ext.install`` calls it."""
     for module in (_bsr_train, _bsr_test, _bsr_options):
         module.parse_options = parse_options
 
 
-def run_root(argv, root_path):
+def run_root(argv: list, root_path: str) -> str:
     """The folder that holds ``experiments/``, ``results/``, ``tb_logger/``: ``path.root`` of the option file
     (after ``--force_yml``) when given, else ``root_path``. Errors are left to ``parse_options``."""
     try:
@@ -103,7 +104,7 @@ def _rank_prefix():
     return f'[rank {rank}] ' if rank else ''
 
 
-def run(mode, root_path):
+def run(mode: str, root_path: str) -> None:
     """``mode`` is 'train' or 'test'; ``root_path`` holds experiments/, results/ and tb_logger/ unless the
     option file's ``path.root`` says otherwise."""
     try:

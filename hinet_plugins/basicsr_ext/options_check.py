@@ -41,7 +41,7 @@ def _check_registered(registry, kind, type_name, key, path):
         raise ConfigError(f"{path}: {key} '{type_name}' is not a registered {kind}. Registered: {names}")
 
 
-def loss_specs(train_opt):
+def loss_specs(train_opt: dict):
     """(where, spec) for each loss spec of ``train``: every ``*_opt`` section and each item of a ``train.losses``
     or ``train.<key>_opt`` list with a ``type`` (``where`` like ``train.pixel_opt`` or ``train.losses[1]``)."""
     for key, value in train_opt.items():
@@ -52,7 +52,7 @@ def loss_specs(train_opt):
                     yield f'train.{key}' + (f'[{i}]' if isinstance(value, list) else ''), spec
 
 
-def check_types(opt, path):
+def check_types(opt: dict, path: str) -> None:
     _check_registered(MODEL_REGISTRY, 'model', opt.get('model_type', 'SRModel'), 'model_type', path)
     for net_key in ('network_g', 'network_d'):
         if net_key in opt:
@@ -126,7 +126,7 @@ def _check_channels(where, gt, lq):
                           stacklevel=3)
 
 
-def check_dataset(name, ds, path, scale=1):
+def check_dataset(name: str, ds: dict, path: str, scale: int = 1) -> None:
     where = f'{path}: datasets.{name}'
     backend = (ds.get('io_backend') or {}).get('type', 'disk')
     roots = {k: ds.get(k) for k in ('dataroot_gt', 'dataroot_lq') if k in ds}
@@ -181,7 +181,7 @@ def normalize_release_options(opt):
             ds['use_hflip'] = ds['use_flip']
 
 
-def check_options(opt, path):
+def check_options(opt: dict, path: str) -> None:
     """All checks that need the parsed options (after basicsr's parse_options)."""
     normalize_release_options(opt)
     check_types(opt, path)

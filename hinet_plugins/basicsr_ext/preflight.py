@@ -53,7 +53,7 @@ def quiet_basicsr_logger():
             bsr_logger.initialized_logger.pop('basicsr', None)
 
 
-def check_optimizer_values(opt, path):
+def check_optimizer_values(opt: dict, path: str) -> None:
     for key, spec in (opt.get('train') or {}).items():
         if not key.startswith('optim_') or not isinstance(spec, dict):
             continue
@@ -66,7 +66,7 @@ def check_optimizer_values(opt, path):
             raise ConfigError(f'{path}: train.{key}.betas must be two numbers like [0.9, 0.999], got {betas!r}')
 
 
-def check_parts(opt, path):
+def check_parts(opt: dict, path: str) -> None:
     """``network_g`` and each loss built alone, so that an error names its key."""
     built_from_options(build_network, opt['network_g'], 'network_g', path)
     if not opt.get('is_train'):
@@ -124,7 +124,7 @@ def _check_resume(model, state_path, state, path):
                           f'optimizer or scheduler?): {first_line(err)}') from None
 
 
-def preflight(opt, path):
+def preflight(opt: dict, path: str) -> None:
     """Build and load everything ``opt`` (basicsr's parsed options) asks for; ConfigError on an input error.
 
     The random states (python, numpy, torch) are restored afterwards: building networks draws their initial

@@ -193,7 +193,7 @@ def _sampler_iter(self):
     return iter(list(indices)[plan['skip']:])
 
 
-def install():
+def install() -> None:
     """Idempotent; ``basicsr_ext.install`` calls it after ``compat.install``."""
     if not hasattr(_bsr_train.load_resume_state, 'upstream'):
         _bsr_train.load_resume_state = _remembering(_agreed(_bsr_train.load_resume_state))

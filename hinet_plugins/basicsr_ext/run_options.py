@@ -13,6 +13,7 @@ Drop when upstream parses safely (no release does as of basicsr 1.4.2).
 import difflib
 import os
 import random
+from typing import Optional
 
 import torch
 import yaml
@@ -27,7 +28,7 @@ from .options_check import check_num_gpu
 NOT_FOLDERS = ('strict_load', 'pretrain_network', 'resume', 'param_key')
 
 
-def load_yaml(path):
+def load_yaml(path: str) -> dict:
     """Read an option file; missing file / malformed YAML -> ConfigError naming the file (and line)."""
     if not os.path.isfile(path):
         raise ConfigError(f"option file '{path}' does not exist")
@@ -83,7 +84,7 @@ KINDS = (('a number', _is_number), ('true or false', lambda v: isinstance(v, boo
          ('a list', lambda v: isinstance(v, (list, tuple))), ('a section (mapping)', lambda v: isinstance(v, dict)))
 
 
-def apply_force_yml(opt, entries):
+def apply_force_yml(opt: dict, entries: Optional[list]) -> dict:
     """Apply ``--force_yml`` entries to ``opt`` in place. ``a:b:c=value`` replaces an existing ``c``, keeping its
     kind (number, true/false, list, section); ``a:b:c+=value`` adds ``c``, which must not exist yet. Every section on
     the way must exist. Mistakes are ConfigErrors naming the entry (and the closest existing key)."""
@@ -168,7 +169,7 @@ def check_names(opt, path):
         check_plain_name(str(suffix), 'val.suffix', path)
 
 
-def parse_options(root_path, is_train=True, argv=None, init_dist=None):
+def parse_options(root_path: str, is_train: bool = True, argv: Optional[list] = None, init_dist=None) -> tuple:
     """Upstream's ``parse_options(root_path, is_train)``: (options, command-line args), read as the module doc
     says. ``init_dist(launcher, opt)`` starts the process group (the launcher passes ours)."""
     args = command_line(argv)

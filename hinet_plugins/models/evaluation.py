@@ -13,6 +13,7 @@
   images) and ``val.rgb2bgr``; ``val.suffix`` optional.
 """
 import os
+from typing import Optional
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ class EvaluationMixin:
     # ------------------------------------------------------------------ TLC at validation/test
 
     @staticmethod
-    def tlc_options(opt):
+    def tlc_options(opt: dict) -> Optional[dict]:
         """``val.tlc`` checked and completed, or None when off. Keys: enabled (default true once the section
         exists), train_size (default datasets.train.gt_size), base_size (default 1.5 x train_size), fast_imp,
         compare (also validate without TLC; the TLC metrics are then logged as dataset '<name>_tlc')."""
@@ -96,7 +97,7 @@ class EvaluationMixin:
         return {'train_size': train_size, 'base_size': tlc.get('base_size'), 'fast_imp': bool(tlc.get('fast_imp')),
                 'compare': bool(tlc.get('compare'))}
 
-    def validation(self, dataloader, current_iter, tb_logger, save_img=False):
+    def validation(self, dataloader, current_iter: int, tb_logger, save_img: bool = False) -> None:
         """basicsr's validation; with ``val.tlc`` the evaluated net is TLC-converted for it and restored after
         (``finally``), so training continues with the original modules. With ``compare`` the net is validated
         first as it is (in training, its images are not saved: the TLC pass would overwrite them)."""

@@ -36,7 +36,7 @@ OPTIMIZERS = {
 }
 
 
-def accumulate_grad_batches(train_opt):
+def accumulate_grad_batches(train_opt: dict) -> int:
     """``train.accumulate_grad_batches`` (default 1), checked."""
     n = train_opt.get('accumulate_grad_batches', 1)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -167,7 +167,7 @@ class MultiStageRestorationModel(EvaluationMixin, CheckpointMixin, SpeedSwitches
             return sum(v for v in value if v is not None)
         return value
 
-    def optimize_parameters(self, current_iter):
+    def optimize_parameters(self, current_iter: int) -> None:
         for transform in self.batch_transforms:
             self.lq, self.gt = transform(current_iter, self.lq, self.gt)
         self.optimizer_g.zero_grad(set_to_none=True)
@@ -242,7 +242,7 @@ class MultiStageRestorationModel(EvaluationMixin, CheckpointMixin, SpeedSwitches
                 p.grad.div_(world_size)
 
     @classmethod
-    def check_options(cls, opt):
+    def check_options(cls, opt: dict) -> None:
         """Checks of this model's own options, run by the launchers before basicsr creates anything."""
         cls.tlc_options(opt)
         if opt.get('is_train'):

@@ -13,7 +13,7 @@ _VAL_HEAD = re.compile(r'Validation (\S+)')
 _VAL_METRIC = re.compile(r'#\s*(\S+):\s*(-?\d+(?:\.\d+)?)')
 
 
-def parse_training_log(path):
+def parse_training_log(path: str):
     """Returns ({term: [(iter, value)]} of training losses, {dataset/metric: [(iter, value)]} of validation)."""
     train, val = defaultdict(list), defaultdict(list)
     last_iter, val_name = 0, None
@@ -41,20 +41,20 @@ def parse_training_log(path):
     return dict(train), dict(val)
 
 
-def find_train_log(experiment_dir):
+def find_train_log(experiment_dir: str) -> str:
     logs = sorted(glob.glob(os.path.join(experiment_dir, 'train_*.log')), key=os.path.getmtime)
     if not logs:
         raise FileNotFoundError(f"no train_*.log in '{experiment_dir}'")
     return logs[-1]
 
 
-def plot_training_curves(log_path, out_png):
+def plot_training_curves(log_path: str, out_png: str) -> str:
     """Write a PNG with one panel for training losses and one per validation metric; returns the path."""
     train, val = parse_training_log(log_path)
     return plot_series(train, val, out_png)
 
 
-def plot_series(train, val, out_png):
+def plot_series(train: dict, val: dict, out_png: str) -> str:
     """The PNG of ``plot_training_curves`` from already-read series ({name: [(iter, value)]}, e.g. TensorBoard)."""
     import matplotlib
     matplotlib.use('Agg')

@@ -25,7 +25,7 @@ def undecodable_error(dataset, path):
                        'remove the pair, then resume with --auto_resume')
 
 
-def decode(dataset, path, client_key):
+def decode(dataset, path: str, client_key: str) -> np.ndarray:
     """The image at ``path`` as basicsr reads it (HWC, BGR, float32 in [0, 1]), or ConfigError naming the file."""
     content = dataset.file_client.get(path, client_key)
     img = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR)
@@ -49,7 +49,7 @@ def _naming_the_file(getitem):
     return __getitem__
 
 
-def install():
+def install() -> None:
     """Idempotent; ``basicsr_ext.install`` calls it."""
     if not hasattr(PairedImageDataset.__getitem__, 'upstream'):
         PairedImageDataset.__getitem__ = _naming_the_file(PairedImageDataset.__getitem__)
