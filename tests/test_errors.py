@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -356,3 +357,18 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tmp_path):
     atomic_torch_save({'params': {'w': torch.ones(2)}}, path)
     assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
     assert torch.equal(torch.load(path, weights_only=True)['params']['w'], torch.ones(2))
+
+
+def test_module_launchers_report_one_line(tmp_path, monkeypatch, capsys):
+    """``python -m hinet_plugins.train|test`` (run here in-process): a missing option file is one line, exit code
+    2, and nothing is written in the working folder."""
+    import runpy
+    monkeypatch.chdir(tmp_path)
+    for mode in ('train', 'test'):
+        monkeypatch.setattr(sys, 'argv', [f'hinet_plugins.{mode}', '-opt', 'missing.yml'])
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_module(f'hinet_plugins.{mode}', run_name='__main__')
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "hinet_plugins: error: option file 'missing.yml' does not exist"]
+    assert os.listdir(tmp_path) == []
