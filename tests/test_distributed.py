@@ -12,7 +12,7 @@ Why the losses can match: ``EnlargedSampler`` gives rank r the positions r, r+2,
 permutation that the single process reads in order, so both see the same 8 images per iteration; for MPRNet and
 DRCNet, ``gt_size`` equals the crop size and there are no flips/rotations, so the samples are deterministic; for
 HINet, random crops, flips and rotations are drawn in one DataLoader worker per process: they are seeded from
-(seed, epoch, position in the permutation) (``hinet_plugins.resume``), so each sample gets the same draws on 2
+(seed, epoch, position in the permutation) (``basicsr_ext.resume``), so each sample gets the same draws on 2
 ranks, on 1 process, and after the resume; DDP starts every rank from rank 0's
 weights (seeded like the single process) and averages the gradients, which equals the gradient of the batch mean.
 Tolerance: losses that are batch means (PSNR, Charbonnier, edge) agree up to float32 reduction order; measured:

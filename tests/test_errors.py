@@ -1,6 +1,6 @@
 """Bad input: each mistake ends with one clear line naming the file/key (exit code 2), never a traceback.
 
-Most cases run the launcher function in-process (``hinet_plugins.launch.run``, the whole body of
+Most cases run the launcher function in-process (``hinet_plugins.basicsr_ext.launch.run``, the whole body of
 ``basicsr/train.py``) with ``sys.argv`` set as the shell would: fast, and an escaping exception fails the test.
 One case runs the literal ``python basicsr/train.py`` to check the real exit code and stderr.
 """

@@ -3,7 +3,7 @@
 Every case runs on a root that holds a finished training run (``experiments/<name>`` with checkpoints, states and
 log, ``tb_logger/<name>``) and a finished test run (``results/<name>_test``); the tree under the root (every path
 and the sha256 of every file) must be the same before and after the rejected command. Without the checks that run
-before basicsr's ``train_pipeline`` / ``test_pipeline`` create anything (``hinet_plugins.preflight``), each of these
+before basicsr's ``train_pipeline`` / ``test_pipeline`` create anything (``basicsr_ext.preflight``), each of these
 commands would first archive ``experiments/<name>`` to ``*_archived_<time>`` (or create ``results/<name>``) and
 only then fail. The launcher runs in-process (``launch.run``, the body of ``basicsr/train.py``); one case runs the
 literal ``python basicsr/train.py`` for the exit code and stderr.

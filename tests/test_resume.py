@@ -2,7 +2,7 @@
 
 Resume after SIGKILL: the resumed run's logged losses equal those of an uninterrupted run with the same seed,
 exactly, to the 5 significant digits basicsr logs, with and without DataLoader workers. What makes them equal
-(``hinet_plugins.resume``): the training state holds the network, optimizer, scheduler, iteration, the trainable
+(``basicsr_ext.resume``): the training state holds the network, optimizer, scheduler, iteration, the trainable
 loss parameters (FCN's stage ratios) and every rank's random states; the sampler continues the interrupted epoch
 instead of restarting it (upstream restarts it, and re-seeds: measured -18.603 vs -18.480 at the first resumed
 iteration of this tiny run); and each sample's crop/flip/rotation draws are seeded from (seed, epoch, position),
