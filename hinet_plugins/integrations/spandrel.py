@@ -65,7 +65,7 @@ def install(*, ignore_duplicates=False):
     import spandrel
     from ..archs import specs
     known = _known_ids()
-    supports = [spandrel.ArchSupport(_architecture(s), before=tuple(sorted(known)))
+    supports = [spandrel.ArchSupport.from_architecture(_architecture(s), before=tuple(sorted(known)))
                 for name, s in specs().items() if name not in known]
     return spandrel.MAIN_REGISTRY.add(*supports, ignore_duplicates=ignore_duplicates)
 
