@@ -80,8 +80,7 @@ def detection(checkpoint, source='the checkpoint'):
         (near if problems else fits).append((spec, kwargs, problems))
     if len(fits) == 1:
         spec, kwargs, _ = fits[0]
-        assumed = spec.assumed(kwargs) if callable(spec.assumed) else dict(spec.assumed)
-        return Detection({'type': spec.name, **kwargs}, assumed)
+        return Detection({'type': spec.name, **kwargs}, spec.assumptions(kwargs))
     if fits:
         names = ' and '.join(f'{s.name}({k})' for s, k, _ in fits)
         raise ConfigError(f'{source}: the weights fit {names}; give the architecture (--arch or -opt)')

@@ -310,6 +310,8 @@ def _detect(sd):
 
 describe(DRCNet, purpose="HINet's two-stage U-Net with dynamic filter restoration blocks (deblur, derain)",
          tiny={'wf': 4, 'depth': 3}, detect=_detect, final_layer='last',
+         sample=lambda rng: dict(in_chn=rng.choice([1, 3]), wf=rng.choice([2, 4, 6]), depth=rng.randint(2, 4),
+                                 dfr_variant=rng.choice(sorted(DFR_VARIANTS))),
          size_multiple=lambda kwargs: 2 ** (kwargs.get('depth', 4) - 1), channels=lambda kw: (kw.get('in_chn', 3),) * 2,
          assumed={'preset': "'paper' (the class default); the authors' release checkpoints compute the release's "
                             "numbers with preset=release",

@@ -54,7 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import CAB, conv
-from .mprnet_arch import MPRNet, detect_mprnet, mprnet_channels
+from .mprnet_arch import MPRNet, detect_mprnet, mprnet_channels, sample_mprnet
 from .spec import Config, describe
 
 LAYERNORM_SCOPES = ('sample', 'batch')
@@ -132,7 +132,7 @@ def _detect(sd):
 
 describe(FCN, purpose='MPRNet-deblur with a stage-0 feature catcher (deblur)',
          tiny={'n_feat': 8, 'scale_unetfeats': 4, 'scale_orsnetfeats': 4, 'num_cab': 1, 'reduction': 2},
-         detect=_detect, final_layer='tail', size_multiple=lambda kwargs: 8, channels=mprnet_channels,
+         detect=_detect, final_layer='tail', size_multiple=lambda kwargs: 8, channels=mprnet_channels, sample=sample_mprnet,
          assumed={'layernorm_scope': "'sample' (the release's batch-wide LayerNorm has no weights either)"},
          configs=(
              Config('FCN (GoPro)', {'n_feat': 96, 'scale_unetfeats': 48, 'scale_orsnetfeats': 32}, 20_309_377,

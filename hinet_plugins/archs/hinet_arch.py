@@ -165,6 +165,17 @@ def _assumed(kwargs):
     return out
 
 
+def _sample(rng, simple=False):
+    depth = rng.randint(2, 4)
+    left = rng.randint(0, depth - 1)
+    out = dict(in_chn=rng.choice([1, 3]), wf=rng.choice([2, 4, 6]), depth=depth, hin_position_left=left,
+               hin_position_right=rng.randint(left, depth - 1), num_res_blocks=rng.randint(0, 1),
+               norm_type=rng.choice(['hin', 'in', 'bn', 'ibn', 'none']), hin_in_decoder=rng.random() < 0.3)
+    if simple:
+        out['use_skip'] = rng.random() < 0.5
+    return out
+
+
 def _multiple(kwargs):
     return 2 ** (kwargs.get('depth', 5) - 1)
 
@@ -175,7 +186,7 @@ def _channels(kwargs):
 
 describe(HINet, purpose='two-stage U-Net with half instance normalisation (denoise, deblur, derain)',
          tiny={'wf': 4, 'depth': 3}, detect=lambda sd: _detect(sd, 2), final_layer='last',
-         size_multiple=_multiple, channels=_channels, assumed=_assumed, configs=(
+         size_multiple=_multiple, channels=_channels, assumed=_assumed, sample=_sample, configs=(
              Config('HINet 1x', {'wf': 64}, 88_669_702, macs_g=170.71,
                     note='release SIDD/Rain13k; paper Table 4 (MACs counted with each 2x2 s2 transposed conv 4x '
                          'over); params: release'),
@@ -186,6 +197,7 @@ describe(HINet, purpose='two-stage U-Net with half instance normalisation (denoi
          ))
 describe(HINetSimple, purpose='HINet Sec. 4.2 ablation: one U-Net stage of HINet 0.5x without skips',
          tiny={'wf': 4, 'depth': 3}, detect=lambda sd: _detect(sd, 1), final_layer='last',
-         size_multiple=_multiple, channels=_channels, assumed=_assumed, configs=(
+         size_multiple=_multiple, channels=_channels, assumed=_assumed, sample=lambda rng: _sample(rng, simple=True),
+         configs=(
              Config('HINet Simple', {}, None, release=False, note='Sec. 4.2 ablation network'),
          ))

@@ -277,6 +277,13 @@ def detect_mprnet(sd, stage0=False):
                 kernel_size=kernel_size, reduction=reduction, bias='shallow_feat1.0.bias' in sd)
 
 
+def sample_mprnet(rng):
+    c = rng.choice([1, 3])
+    return dict(in_c=c, out_c=c, n_feat=rng.choice([4, 6, 8]), scale_unetfeats=rng.choice([2, 4]),
+                scale_orsnetfeats=rng.choice([2, 4]), num_cab=rng.randint(1, 2), kernel_size=rng.choice([1, 3]),
+                reduction=rng.choice([1, 2]), bias=rng.random() < 0.5)
+
+
 def mprnet_channels(kwargs):
     return kwargs.get('in_c', 3), kwargs.get('out_c', 3)
 
@@ -284,7 +291,7 @@ def mprnet_channels(kwargs):
 describe(MPRNet, purpose='three-stage multi-patch network with supervised attention (deblur, denoise, derain)',
          tiny={'n_feat': 8, 'scale_unetfeats': 4, 'scale_orsnetfeats': 4, 'num_cab': 1, 'reduction': 2},
          detect=detect_mprnet, final_layer='tail', size_multiple=lambda kwargs: 8, channels=mprnet_channels,
-         assumed={}, configs=(
+         sample=sample_mprnet, configs=(
              Config('MPRNet deblur (GoPro)', {'n_feat': 96, 'scale_unetfeats': 48, 'scale_orsnetfeats': 32},
                     20_127_073, macs_g=760.11,
                     note='MACs: HINet paper Table 4; params: release (MPRNet paper Table 6: 20.1 M)'),

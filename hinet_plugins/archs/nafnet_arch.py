@@ -189,6 +189,16 @@ def _detect(sd, attention):
     return kwargs
 
 
+def _sample(rng, baseline=False):
+    levels = rng.randint(0, 3)
+    out = dict(img_channel=rng.choice([1, 3]), width=rng.choice([2, 4, 6, 8]),
+               middle_blk_num=rng.randint(1 if baseline else 0, 2),
+               enc_blk_nums=[rng.randint(0, 2) for _ in range(levels)], dec_blk_nums=[rng.randint(0, 2) for _ in range(levels)])
+    if baseline:
+        out.update(dw_expand=rng.choice([1, 2]), ffn_expand=rng.choice([1, 2, 3]))
+    return out
+
+
 def _multiple(kwargs):
     return 2 ** len(kwargs.get('enc_blk_nums', ()))
 
@@ -203,6 +213,7 @@ _SIDD = dict(enc_blk_nums=[2, 2, 4, 8], middle_blk_num=12, dec_blk_nums=[2, 2, 2
 
 describe(NAFNet, purpose='one U-Net of activation-free blocks (deblur, denoise)', tiny=_TINY,
          detect=lambda sd: _detect(sd, 'sca'), final_layer='ending', size_multiple=_multiple, channels=_channels,
+         sample=_sample,
          configs=tuple(Config(f'NAFNet {task} width {w}', {'width': w, **blocks}, params,
                               note=f'release options/train/{folder}/NAFNet-width{w}.yml; params: release')
                        for task, folder, blocks, w, params in (
@@ -210,7 +221,7 @@ describe(NAFNet, purpose='one U-Net of activation-free blocks (deblur, denoise)'
                            ('SIDD', 'SIDD', _SIDD, 32, 29_159_715), ('SIDD', 'SIDD', _SIDD, 64, 115_982_915))))
 describe(Baseline, purpose="NAFNet paper's baseline: GELU and squeeze-excitation blocks (deblur, denoise)",
          tiny={**_TINY, 'dw_expand': 2, 'ffn_expand': 3}, detect=lambda sd: _detect(sd, 'se'), final_layer='ending',
-         size_multiple=_multiple, channels=_channels,
+         size_multiple=_multiple, channels=_channels, sample=lambda rng: _sample(rng, baseline=True),
          configs=tuple(Config(f'Baseline GoPro width {w}', {'width': w, 'dw_expand': dw, **_GOPRO}, params,
                               note=f'release options/train/GoPro/Baseline-width{w}.yml (dw_expand {dw}); params: release')
                        for w, dw, params in ((32, 1, 17_023_875), (64, 2, 112_036_291))))

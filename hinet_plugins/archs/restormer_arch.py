@@ -233,6 +233,16 @@ def _detect(sd):
                 dual_pixel_task='skip_conv.weight' in sd)
 
 
+def _sample(rng):
+    dim = rng.choice([4, 8])
+    dual = rng.random() < 0.25
+    c = rng.choice([1, 3])
+    return dict(inp_channels=6 if dual else c, out_channels=3 if dual else c, dim=dim,
+                num_blocks=[rng.randint(1, 2) for _ in range(4)], num_refinement_blocks=rng.randint(0, 2),
+                heads=[rng.choice([1, 2, 4]) for _ in range(4)], ffn_expansion_factor=rng.choice([2.66, 2, 1.5]),
+                bias=rng.random() < 0.5, LayerNorm_type=rng.choice(['WithBias', 'BiasFree']), dual_pixel_task=dual)
+
+
 _OFFICIAL = {'dim': 48, 'num_blocks': [4, 6, 6, 8], 'num_refinement_blocks': 4, 'heads': [1, 2, 4, 8],
              'ffn_expansion_factor': 2.66, 'bias': False}
 
@@ -240,7 +250,7 @@ _OFFICIAL = {'dim': 48, 'num_blocks': [4, 6, 6, 8], 'num_refinement_blocks': 4, 
 # 256x256); mmengine counts them.
 describe(Restormer, purpose='four-level U-Net of channel-attention transformer blocks (deblur, derain, denoise)',
          tiny={'dim': 4, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 1, 1]},
-         detect=_detect, final_layer='output', size_multiple=lambda kwargs: 8,
+         detect=_detect, final_layer='output', size_multiple=lambda kwargs: 8, sample=_sample,
          channels=lambda kw: (kw.get('inp_channels', 3), kw.get('out_channels', 3)),
          assumed={'pad_mode': "'reflect' (how inputs are padded to a multiple of 8): no weights"}, configs=(
              Config('Restormer (deblur, defocus, derain)', {**_OFFICIAL, 'LayerNorm_type': 'WithBias'}, 26_126_644,

@@ -13,11 +13,15 @@ place that builds and runs the network.
   which is the network's only or last output.
 - ``detect(state_dict)``: the constructor keywords that shape the weights, read from key names and shapes, or
   ``None`` when the keys are not this network's (``hinet_plugins.archs.detection`` checks the fit).
-- ``assumed``: keywords the weights cannot show -> why the class default is taken (printed by the loader).
+- ``assumed``: keywords the weights cannot show -> why the class default is taken (printed by the loader); a dict
+  or a function of the detected keywords.
+- ``sample(rng)``: a random small configuration (other widths, depths, options the weights show), for the
+  detection round trip of the tests and ``scripts/detect.py``.
 """
 import dataclasses
+import random
 import re
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +45,12 @@ class ArchSpec:
     final_layer: str
     size_multiple: Callable[[dict], int]
     channels: Callable[[dict], Tuple[int, int]]
+    sample: Callable[[random.Random], dict]
     configs: Tuple[Config, ...] = ()
-    assumed: Dict[str, str] = dataclasses.field(default_factory=dict)
+    assumed: Union[Dict[str, str], Callable[[dict], Dict[str, str]]] = dataclasses.field(default_factory=dict)
+
+    def assumptions(self, kwargs):
+        return self.assumed(kwargs) if callable(self.assumed) else dict(self.assumed)
 
     def options(self, kwargs=None):
         """``network_g`` of this network with ``kwargs`` (the tiny configuration when None)."""
