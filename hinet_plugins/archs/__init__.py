@@ -12,4 +12,4 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.name.endswith('_arch'):
         importlib.import_module(f'{__name__}.{_info.name}')
 
-from .detection import Detection, detect, detection  # noqa: E402,F401
+from .autodetect import Detection, detect, detection  # noqa: E402,F401

@@ -12,7 +12,7 @@ place that builds and runs the network.
 - ``channels(kwargs)``: (input, output) image channels; ``final_layer``: the module that makes the final image,
   which is the network's only or last output.
 - ``detect(state_dict)``: the constructor keywords that shape the weights, read from key names and shapes, or
-  ``None`` when the keys are not this network's (``hinet_plugins.archs.detection`` checks the fit).
+  ``None`` when the keys are not this network's (``hinet_plugins.archs.autodetect`` checks the fit).
 - ``assumed``: keywords the weights cannot show -> why the class default is taken (printed by the loader); a dict
   or a function of the detected keywords.
 - ``sample(rng)``: a random small configuration (other widths, depths, options the weights show), for the

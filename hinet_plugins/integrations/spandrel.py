@@ -3,7 +3,7 @@
 - ``install()`` (the shape of ``spandrel_extra_arches.install()``) adds every described network of this package
   that spandrel does not already know (HINet, HINetSimple, DRCNet, FCN, Baseline with spandrel 0.4.2 and
   spandrel-extra-arches 0.2.0) to ``spandrel.MAIN_REGISTRY``, so ``spandrel.ModelLoader().load_from_file(path)``
-  loads their checkpoints. Detection is ours (``hinet_plugins.archs.detection``: exact key and shape fit), and
+  loads their checkpoints. Detection is ours (``hinet_plugins.archs.autodetect``: exact key and shape fit), and
   ours are ordered before every spandrel architecture (``ArchSupport.before``), so an FCN checkpoint is never
   taken for spandrel's MPRNet, whose key test it also passes. The model's output is our final stage; the
   networks pad inputs themselves, so there is no size requirement.
