@@ -13,6 +13,7 @@
 """
 import importlib.util
 import sys
+import warnings
 
 from torch import nn
 
@@ -23,8 +24,18 @@ def available():
     return sys.version_info >= (3, 10) and importlib.util.find_spec('spandrel') is not None
 
 
+def _import():
+    """``spandrel`` (importing it makes torch warn that ``torch.jit.script`` is deprecated: not ours to report)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)
+        import spandrel
+        if importlib.util.find_spec('spandrel_extra_arches') is not None:
+            import spandrel_extra_arches  # noqa: F401
+    return spandrel
+
+
 def _known_ids():
-    import spandrel
+    spandrel = _import()
     ids = {a.architecture.id for a in spandrel.MAIN_REGISTRY}
     if importlib.util.find_spec('spandrel_extra_arches') is not None:
         import spandrel_extra_arches
@@ -33,7 +44,7 @@ def _known_ids():
 
 
 def _architecture(spec):
-    import spandrel
+    spandrel = _import()
     from ..archs import detection
 
     def fits(state):
@@ -62,7 +73,7 @@ def _last(out):
 
 def install(*, ignore_duplicates=False):
     """Add our networks that spandrel lacks to ``spandrel.MAIN_REGISTRY``; returns the added ``ArchSupport``s."""
-    import spandrel
+    spandrel = _import()
     from ..archs import specs
     known = _known_ids()
     supports = [spandrel.ArchSupport.from_architecture(_architecture(s), before=tuple(sorted(known)))
@@ -72,6 +83,7 @@ def install(*, ignore_duplicates=False):
 
 def install_all():
     """spandrel's extra architectures and ours, each once (safe to call repeatedly)."""
+    _import()
     if importlib.util.find_spec('spandrel_extra_arches') is not None:
         import spandrel_extra_arches
         spandrel_extra_arches.install(ignore_duplicates=True)
@@ -95,7 +107,7 @@ class SpandrelNet(nn.Module):
 def load_state_dict(state, path, reason):
     """(``SpandrelNet``, description) for a state dict none of our networks fits; ConfigError when spandrel does
     not know it either (the message keeps ``reason``, our closest networks)."""
-    import spandrel
+    spandrel = _import()
     install_all()
     try:
         descriptor = spandrel.ModelLoader().load_from_state_dict(state)

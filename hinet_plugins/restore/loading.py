@@ -152,12 +152,13 @@ def load_network(opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=
     loaded, detected = None, ''
     if spec['network_g'] is None:
         loaded = read_checkpoint(spec['checkpoint'])
-        found = detect_network(loaded, spec['checkpoint'], spec['param_key'])
+        found = detect_network(loaded, spec['checkpoint'], spec['param_key'], given=spec['arch_opt'])
         if not isinstance(found, dict):  # a network of another architecture family, loaded by spandrel
             net, desc = found
             return _finish(net, desc, spec, device)
         spec['network_g'] = {**found, **spec['arch_opt']}
-        detected = f" ({spec['network_g'].pop('_detected')})"
+        given = ', '.join(f'{k}={v}' for k, v in spec['arch_opt'].items())
+        detected = f" ({spec['network_g'].pop('_detected')}{'; given: ' + given if given else ''})"
     net = build_net(spec['network_g'])
     desc = spec['network_g']['type']
     if spec['checkpoint'] or require_checkpoint:
@@ -169,9 +170,10 @@ def load_network(opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=
     return _finish(net, desc, spec, device)
 
 
-def detect_network(loaded, path, param_key='params'):
+def detect_network(loaded, path, param_key='params', given=()):
     """``network_g`` of the checkpoint's architecture (with ``'_detected'``: the detection's summary), or, when
-    none of ours fits and spandrel is installed, ``(network, description)`` from spandrel."""
+    none of ours fits and spandrel is installed, ``(network, description)`` from spandrel. Keywords in ``given``
+    are not listed as assumed."""
     from ..archs import detection
     from ..integrations import spandrel as spandrel_support
     state = unwrap_state_dict(loaded, param_key)
@@ -181,6 +183,8 @@ def detect_network(loaded, path, param_key='params'):
         if not state or not spandrel_support.available():
             raise
         return spandrel_support.load_state_dict(state, path, err)
+    for key in given:
+        found.assumed.pop(key, None)
     return {**found.network_g, '_detected': found.summary()}
 
 
