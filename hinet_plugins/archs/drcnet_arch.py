@@ -52,7 +52,7 @@ Table 4 ablations (``dfr_variant``): 'base' = A without the region normalisation
 'sf_identity' = A + identity; 'sf_ea' = A * B; 'full' = A * B + identity (DFR). Branches a variant lacks have no
 modules. The paper's Table 4 parameter counts do not follow from one consistent structure: 'sf', 'sf_identity',
 'sf_ea' and 'full' match ours (15.4 / 15.8 / 18.6 / 18.9 M), but its 'base' (12.7 M) and 'ea' (13.1 M) lie 2.7 M and
-5.5 M below what removing branches gives (15.4 / 18.6 M); see ``COMPLEXITY_PRESETS``.
+5.5 M below what removing branches gives (15.4 / 18.6 M); see the configurations in ``describe(DRCNet, ...)``.
 """
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
