@@ -121,3 +121,14 @@ def test_detect_script_prints_the_release_round_trip_table(capsys):
     out = capsys.readouterr().out
     assert len(rows) == 1 and rows[0]['max_diff'] == 0 and rows[0]['params'] == 3_637_249
     assert '| MPRNet derain (Rain13k) | 3,637,249 |' in out and 'n_feat=40' in out
+
+
+def test_detect_script_prints_a_checkpoints_network_g_as_yaml(tmp_path, capsys):
+    import yaml
+    _, ckpt = save(tmp_path, 'DRCNet', lambda sd: {'params_ema': sd})
+    detect_script.main(['--checkpoint', ckpt])
+    out = capsys.readouterr().out
+    opt = yaml.safe_load(out)['network_g']
+    assert opt == {'type': 'DRCNet', 'in_chn': 3, 'wf': 4, 'depth': 3, 'dfr_variant': 'full'}
+    assert "# not in the weights, assumed: preset 'paper'" in out
+    build_network(opt).load_state_dict(torch.load(ckpt, weights_only=True)['params_ema'], strict=True)

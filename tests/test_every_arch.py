@@ -121,7 +121,7 @@ def test_grad_checkpoint_same_gradients_fewer_saved_activations(name):
     plain_saved, plain_grads = run()
     enable_grad_checkpoint(net)
     ckpt_saved, ckpt_grads = run()
-    assert ckpt_saved < plain_saved and len(ckpt_grads) == len(plain_grads) > 0
+    assert ckpt_saved < 0.5 * plain_saved and len(ckpt_grads) == len(plain_grads) > 0
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain_grads, ckpt_grads))
 
 
