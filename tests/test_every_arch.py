@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from basicsr.archs import build_network
+from torch.nn import functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from conftest import REPO
@@ -83,13 +84,18 @@ def test_description_and_release_configurations(name):
 
 
 @pytest.mark.parametrize('name', NAMES)
-def test_any_odd_input_size(name):
-    net = build(name)
-    cout = SPECS[name].channels(SPECS[name].tiny)[1]
+def test_any_odd_input_size_by_the_declared_padding(name):
+    spec, net = SPECS[name], build(name)
+    cout = spec.channels(spec.tiny)[1]
     for h, w in [(37, 29), (5, 7)]:
         with torch.no_grad():
             outs = outputs(net, image(name, 2, h, w))
         assert all(o.shape == (2, cout, h, w) and torch.isfinite(o).all() for o in outs), (h, w)
+    # = the network on the input padded bottom/right to its multiple as declared, cropped back
+    m, x = spec.size_multiple(spec.tiny), image(name, 1, 37, 29)
+    padded = F.pad(x, (0, (-29) % m, 0, (-37) % m), mode='reflect' if spec.pad_mode == 'reflect' else 'constant')
+    with torch.no_grad():
+        assert (outputs(net, x)[-1] - outputs(net, padded)[-1][..., :37, :29]).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize('name', NAMES)

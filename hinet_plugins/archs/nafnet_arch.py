@@ -213,7 +213,7 @@ _SIDD = dict(enc_blk_nums=[2, 2, 4, 8], middle_blk_num=12, dec_blk_nums=[2, 2, 2
 
 describe(NAFNet, purpose='one U-Net of activation-free blocks (deblur, denoise)', tiny=_TINY,
          detect=lambda sd: _detect(sd, 'sca'), final_layer='ending', size_multiple=_multiple, channels=_channels,
-         sample=_sample,
+         sample=_sample, pad_mode='zeros',
          configs=tuple(Config(f'NAFNet {task} width {w}', {'width': w, **blocks}, params,
                               note=f'release options/train/{folder}/NAFNet-width{w}.yml; params: release')
                        for task, folder, blocks, w, params in (
@@ -221,7 +221,7 @@ describe(NAFNet, purpose='one U-Net of activation-free blocks (deblur, denoise)'
                            ('SIDD', 'SIDD', _SIDD, 32, 29_159_715), ('SIDD', 'SIDD', _SIDD, 64, 115_982_915))))
 describe(Baseline, purpose="NAFNet paper's baseline: GELU and squeeze-excitation blocks (deblur, denoise)",
          tiny={**_TINY, 'dw_expand': 2, 'ffn_expand': 3}, detect=lambda sd: _detect(sd, 'se'), final_layer='ending',
-         size_multiple=_multiple, channels=_channels, sample=lambda rng: _sample(rng, baseline=True),
+         size_multiple=_multiple, channels=_channels, sample=lambda rng: _sample(rng, baseline=True), pad_mode='zeros',
          configs=tuple(Config(f'Baseline GoPro width {w}', {'width': w, 'dw_expand': dw, **_GOPRO}, params,
                               note=f'release options/train/GoPro/Baseline-width{w}.yml (dw_expand {dw}); params: release')
                        for w, dw, params in ((32, 1, 17_023_875), (64, 2, 112_036_291))))

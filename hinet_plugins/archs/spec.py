@@ -1,22 +1,16 @@
 """One description per network (``ArchSpec``), declared in the network's own ``*_arch.py`` with ``describe``.
 
-Everything that goes over "all networks" (TLC's ``<Name>Local`` names, detection from a state dict, ONNX export,
-complexity table, benchmarks, the parametrised tests) reads ``specs()``: a new arch file that calls ``describe``
-is all a network needs. The spec holds facts, never behaviour that belongs to the class: the class stays the one
-place that builds and runs the network.
+Everything that goes over "all networks" (``<Name>Local`` names, detection, ONNX export, complexity, benchmarks,
+the parametrised tests) reads ``specs()``: a new arch file that calls ``describe`` is all a network needs.
 
-- ``configs``: named configurations (``Config``); ``release=True`` ones are the authors' public releases with an
-  exact parameter count (tests check it), others are the paper's ablations or ours (``params`` may be rounded).
-- ``tiny``: constructor keywords of a tiny network for tests (seconds on a CPU, every branch present).
-- ``size_multiple(kwargs)``: the multiple the network pads its input to internally (any input size works).
-- ``channels(kwargs)``: (input, output) image channels; ``final_layer``: the module that makes the final image,
-  which is the network's only or last output.
-- ``detect(state_dict)``: the constructor keywords that shape the weights, read from key names and shapes, or
-  ``None`` when the keys are not this network's (``hinet_plugins.archs.autodetect`` checks the fit).
-- ``assumed``: keywords the weights cannot show -> why the class default is taken (printed by the loader); a dict
-  or a function of the detected keywords.
-- ``sample(rng)``: a random small configuration (other widths, depths, options the weights show), for the
-  detection round trip of the tests and ``scripts/detect.py``.
+- ``configs``: named configurations (``Config``): the releases (``params`` exact when given) and papers' ablations.
+- ``tiny``: keywords of a tiny network for tests; ``sample(rng)``: a random small configuration.
+- ``size_multiple(kwargs)``, ``pad_mode``: inputs are padded bottom/right to that multiple ('reflect' or 'zeros')
+  inside the network and outputs cropped back, so any size works.
+- ``channels(kwargs)``: (input, output) channels; ``final_layer``: the module making the final (only or last) output.
+- ``detect(state_dict)``: the keywords that shape the weights, from key names and shapes, or ``None`` when the keys
+  are not this network's (``autodetect`` checks the fit); ``assumed``: keywords the weights cannot show -> why the
+  class default is taken (a dict, or a function of the detected keywords).
 """
 import dataclasses
 import random
@@ -47,6 +41,7 @@ class ArchSpec:
     channels: Callable[[dict], Tuple[int, int]]
     sample: Callable[[random.Random], dict]
     configs: Tuple[Config, ...] = ()
+    pad_mode: str = 'reflect'
     assumed: Union[Dict[str, str], Callable[[dict], Dict[str, str]]] = dataclasses.field(default_factory=dict)
 
     def assumptions(self, kwargs):

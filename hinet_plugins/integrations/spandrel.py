@@ -5,8 +5,8 @@
   spandrel-extra-arches 0.2.0) to ``spandrel.MAIN_REGISTRY``, so ``spandrel.ModelLoader().load_from_file(path)``
   loads their checkpoints. Detection is ours (``hinet_plugins.archs.autodetect``: exact key and shape fit), and
   ours are ordered before every spandrel architecture (``ArchSupport.before``), so an FCN checkpoint is never
-  taken for spandrel's MPRNet, whose key test it also passes. The model's output is our final stage; the
-  networks pad inputs themselves, so there is no size requirement.
+  taken for spandrel's MPRNet, whose key test it also passes. The model's output is our final stage; the size
+  requirement is the network's own multiple where it reflect-pads (spandrel pads the same way), none otherwise.
 - ``load_state_dict(state)``: the fallback of ``Restorer.load(checkpoint=...)`` for a checkpoint that none of our
   networks fits: spandrel (with the extra architectures) detects and loads it; ``SpandrelNet`` wraps the
   descriptor as an ``nn.Module`` (spandrel's padding and output selection), so TLC converts it like any network.
@@ -58,10 +58,13 @@ def _architecture(spec):
             kwargs = {k: v for k, v in detection(state).network_g.items() if k != 'type'}
             model = spec.cls(**kwargs)
             cin, cout = spec.channels(kwargs)
+            # spandrel reflect-pads bottom/right to ``multiple_of``: what the network does itself when it reflects
+            size = spandrel.SizeRequirements(multiple_of=spec.size_multiple(kwargs)) \
+                if spec.pad_mode == 'reflect' else None
             return spandrel.ImageModelDescriptor(
                 model, state, architecture=self, purpose='Restoration', tags=[spec.purpose.split(':')[0]],
                 supports_half=False, supports_bfloat16=True, scale=1, input_channels=cin, output_channels=cout,
-                call_fn=lambda net, x: _last(net(x)))
+                size_requirements=size, call_fn=lambda net, x: _last(net(x)))
 
     Arch.__name__ = f'{spec.name}Arch'
     return Arch(id=spec.name, detect=fits)
