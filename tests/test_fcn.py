@@ -137,6 +137,29 @@ def test_release_checkpoint_through_test_option_file(tmp_path):
             build_in_process(opt, is_train=False)
 
 
+def test_release_checkpoint_alone_is_detected_as_fcn_never_mprnet(tmp_path):
+    """The release layout (with its unused decoder) at the paper's width, no option file: FCN; the same file
+    without stage 0 is an MPRNet; loaded through ``Restorer.load(checkpoint=...)`` it computes what the source does."""
+    from hinet_plugins.archs import detect
+    from hinet_plugins.restore import Restorer
+    with torch.device('meta'):
+        big = fcn()
+    dec, _ = release_decoder1(big)
+    state = {**big.state_dict(), **{f'stage1_decoder1.{k}': v for k, v in dec.state_dict().items()}}
+    found = detect({'epoch': 1, 'state_dict': {'module.' + k: v for k, v in state.items()}})
+    assert found == {'type': 'FCN', 'in_c': 3, 'out_c': 3, 'n_feat': 96, 'scale_unetfeats': 48,
+                     'scale_orsnetfeats': 32, 'num_cab': 8, 'kernel_size': 3, 'reduction': 4, 'bias': False}
+    mpr = {k: v for k, v in state.items() if not k.startswith(('shallow_feat0', 'attention_', 'stage1_decoder1'))}
+    assert detect(mpr)['type'] == 'MPRNet'
+    torch.manual_seed(2)
+    src = fcn(**TINY).eval()
+    release_checkpoint(tmp_path / 'release.pth', src)
+    restorer = Restorer.load(checkpoint=str(tmp_path / 'release.pth'))
+    x = torch.rand(1, 3, 24, 32)
+    with torch.no_grad():
+        assert torch.equal(restorer.net(x)[-1], src(x)[-1]) and 'detected FCN(' in restorer.description
+
+
 # ----------------------------------------------------------------------------- forward
 def test_outputs_in_stage_order_final_last():
     assert_stage_order(lambda: fcn(**TINY), ['sam12.conv2', 'sam23.conv2', 'tail'])
