@@ -62,7 +62,7 @@ def _architecture(spec):
             size = spandrel.SizeRequirements(multiple_of=spec.size_multiple(kwargs)) \
                 if spec.pad_mode == 'reflect' else None
             return spandrel.ImageModelDescriptor(
-                model, state, architecture=self, purpose='Restoration', tags=[spec.purpose.split(':')[0]],
+                model, state, architecture=self, purpose='Restoration', tags=[],
                 supports_half=False, supports_bfloat16=True, scale=1, input_channels=cin, output_channels=cout,
                 size_requirements=size, call_fn=lambda net, x: _last(net(x)))
 
