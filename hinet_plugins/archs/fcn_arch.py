@@ -132,7 +132,8 @@ def _detect(sd):
 
 describe(FCN, purpose='MPRNet-deblur with a stage-0 feature catcher (deblur)',
          tiny={'n_feat': 8, 'scale_unetfeats': 4, 'scale_orsnetfeats': 4, 'num_cab': 1, 'reduction': 2},
-         detect=_detect, final_layer='tail', size_multiple=lambda kwargs: 8, channels=mprnet_channels, sample=sample_mprnet,
+         detect=_detect, final_layer='tail', size_multiple=lambda kwargs: 8, channels=mprnet_channels,
+         sample=sample_mprnet,
          assumed={'layernorm_scope': "'sample' (the release's batch-wide LayerNorm has no weights either)"},
          configs=(
              Config('FCN (GoPro)', {'n_feat': 96, 'scale_unetfeats': 48, 'scale_orsnetfeats': 32}, 20_309_377,

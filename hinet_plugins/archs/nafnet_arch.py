@@ -193,7 +193,8 @@ def _sample(rng, baseline=False):
     levels = rng.randint(0, 3)
     out = dict(img_channel=rng.choice([1, 3]), width=rng.choice([2, 4, 6, 8]),
                middle_blk_num=rng.randint(1 if baseline else 0, 2),
-               enc_blk_nums=[rng.randint(0, 2) for _ in range(levels)], dec_blk_nums=[rng.randint(0, 2) for _ in range(levels)])
+               enc_blk_nums=[rng.randint(0, 2) for _ in range(levels)],
+               dec_blk_nums=[rng.randint(0, 2) for _ in range(levels)])
     if baseline:
         out.update(dw_expand=rng.choice([1, 2]), ffn_expand=rng.choice([1, 2, 3]))
     return out
@@ -217,11 +218,14 @@ describe(NAFNet, purpose='one U-Net of activation-free blocks (deblur, denoise)'
          configs=tuple(Config(f'NAFNet {task} width {w}', {'width': w, **blocks}, params,
                               note=f'release options/train/{folder}/NAFNet-width{w}.yml; params: release')
                        for task, folder, blocks, w, params in (
-                           ('GoPro/REDS', 'GoPro', _GOPRO, 32, 17_111_907), ('GoPro/REDS', 'GoPro', _GOPRO, 64, 67_888_835),
+                           ('GoPro/REDS', 'GoPro', _GOPRO, 32, 17_111_907),
+                           ('GoPro/REDS', 'GoPro', _GOPRO, 64, 67_888_835),
                            ('SIDD', 'SIDD', _SIDD, 32, 29_159_715), ('SIDD', 'SIDD', _SIDD, 64, 115_982_915))))
 describe(Baseline, purpose="NAFNet paper's baseline: GELU and squeeze-excitation blocks (deblur, denoise)",
          tiny={**_TINY, 'dw_expand': 2, 'ffn_expand': 3}, detect=lambda sd: _detect(sd, 'se'), final_layer='ending',
-         size_multiple=_multiple, channels=_channels, sample=lambda rng: _sample(rng, baseline=True), pad_mode='zeros',
+         size_multiple=_multiple, channels=_channels, sample=lambda rng: _sample(rng, baseline=True),
+         pad_mode='zeros',
          configs=tuple(Config(f'Baseline GoPro width {w}', {'width': w, 'dw_expand': dw, **_GOPRO}, params,
-                              note=f'release options/train/GoPro/Baseline-width{w}.yml (dw_expand {dw}); params: release')
+                              note=f'release options/train/GoPro/Baseline-width{w}.yml (dw_expand {dw}); '
+                                   'params: release')
                        for w, dw, params in ((32, 1, 17_023_875), (64, 2, 112_036_291))))
