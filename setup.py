@@ -17,5 +17,7 @@ setup(
         'onnx', 'onnxruntime',  # scripts/export.py: ONNX export and its check
         'bm3d',  # scripts/demo.py: the BM3D baseline column (hinet_plugins/data/demo_baselines.py)
     ],
-    extras_require={'test': ['pytest']},
+    extras_require={'test': ['pytest'],
+                    # Python >= 3.10: hinet_plugins.integrations.spandrel (loading any checkpoint, both ways)
+                    'spandrel': ['spandrel', 'spandrel-extra-arches']},
 )

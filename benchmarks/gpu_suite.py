@@ -10,14 +10,14 @@ a run stopped at a time limit still leaves what it measured:
    channels_last, ``train.compile``, a one-process nccl group through torchrun, TLC on CUDA vs CPU, inference
    with ``--amp fp16``); log and JUnit XML in DIR. Dry run: the tests are collected, not run (they need a GPU).
 2. TLC overhead at 720x1280: every ``<Arch>Local`` whose conversion swaps at least one layer, at its paper
-   configuration (first ``COMPLEXITY_PRESETS`` entry), forward without TLC / exact / fast, batch 1, IEEE fp32
+   configuration (first ``ArchSpec.configs`` entry), forward without TLC / exact / fast, batch 1, IEEE fp32
    (the paper's RTX 2080 Ti has no TF32), CUDA-synchronised, min over repeats, interleaved: the networks and
    timings come from ``benchmarks/tlc_overhead.py`` (``convert_modes``, ``time_modes``). Printed beside the
    paper's MPRNet figures (TLC paper Appendix, Table A1, 720x1280 on an RTX 2080 Ti: 1.60 s without TLC,
    2.03 s with the naive cumulative-sum TLC, +27 %,
    1.69 s with the strided-sampling speed-up, +5.6 %). Our "exact" is the paper's naive reading (integral images
    over every position), "fast" its optimised one (statistics on a strided grid).
-3. Training throughput: ``benchmarks/throughput.py`` over every ``COMPLEXITY_PRESETS`` entry (batch 8, 256x256;
+3. Training throughput: ``benchmarks/throughput.py`` over every ``ArchSpec.configs`` entry (batch 8, 256x256;
    fp32, tf32, bf16, fp16, channels_last, compile), HINet 1x and MPRNet deblur first; what does not fit in the
    rest of ``--budget`` is listed as not measured.
 
@@ -126,11 +126,11 @@ def cuda_tests(args, started):
 def tlc_networks(width_divisor):
     """[(label, network options)]: the paper configuration of every registered base of an ``<Arch>Local`` name."""
     from basicsr.utils.registry import ARCH_REGISTRY
-    from hinet_plugins.tlc.local_archs import BASE_ARCHS
+    from hinet_plugins.archs import specs
     throughput = load_benchmark('throughput')
     presets = throughput.all_presets()
     nets = []
-    for base in BASE_ARCHS:
+    for base in specs():
         if base not in ARCH_REGISTRY or f'{base}Local' not in ARCH_REGISTRY:
             continue
         own = [p for p in presets if p['opt']['type'] == base]

@@ -4,7 +4,7 @@
     python benchmarks/throughput.py --batch 8 --size 256     # GPU (the defaults when CUDA is present)
     python benchmarks/throughput.py --archs HINet --switches fp32,bf16,bf16+channels_last+compile
     python benchmarks/throughput.py --presets all --switches fp32,tf32,bf16,fp16,channels_last,compile \
-        --time-budget 240                                    # every COMPLEXITY_PRESETS entry (GPU suite)
+        --time-budget 240                                    # every ArchSpec.configs entry (GPU suite)
 
 What is measured, per architecture at its paper configuration and at 0.5x width, per switch set:
 - train: one ``optimize_parameters`` step of ``MultiStageRestorationModel`` built from an options dict (the code
@@ -19,11 +19,11 @@ The model compiles only the training forward (``train.compile``); the ``compile`
 evaluation network here, to show what compiled inference would give.
 
 Architectures: every class that ``hinet_plugins.archs`` registers (TLC ``*Local`` builders are the same networks
-at test time and are skipped). Paper configuration = the first ``COMPLEXITY_PRESETS`` entry of that type (else
+at test time and are skipped). Paper configuration = the first ``ArchSpec.configs`` entry of that type (else
 the constructor defaults); 0.5x = a preset of that type labelled "0.5x", else every width argument halved
 (``wf``, ``n_feat``, ``*feats``, ``width``, ``dim``, ``num_feat``, ``base_channels``).
-``--presets all`` (or label substrings) measures the ``COMPLEXITY_PRESETS`` entries themselves, each under its
-label, read through ``scripts/complexity.py``'s ``collect_presets``: an architecture module that lands with a
+``--presets all`` (or label substrings) measures the ``ArchSpec.configs`` entries themselves, each under its
+label, read through ``scripts/complexity.py``'s ``collect_presets``: an architecture file that lands with a
 preset list (Restormer, NAFNet, ...) is measured without a change here. ``--width-divisor`` shrinks every width
 argument (dry runs).
 
@@ -72,13 +72,11 @@ WIDTH_ARG = re.compile(r'^(wf|n_feat|width|dim|num_feat|base_channels)$|feats$')
 
 # ------------------------------------------------------------------------------------------------ architectures
 def registered_archs():
-    from basicsr.utils.registry import ARCH_REGISTRY
-    return sorted(name for name, obj in ARCH_REGISTRY
-                  if inspect.isclass(obj) and obj.__module__.startswith(archs.__name__ + '.'))
+    return list(archs.specs())
 
 
 def all_presets():
-    """Every ``COMPLEXITY_PRESETS`` entry of ``hinet_plugins.archs`` (``scripts/complexity.py`` collects them)."""
+    """Every configuration of every network's description (``ArchSpec.configs``, via ``scripts/complexity.py``)."""
     spec = importlib.util.spec_from_file_location('complexity_script', os.path.join(REPO, 'scripts', 'complexity.py'))
     complexity = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(complexity)
@@ -152,9 +150,10 @@ def run_plan(plan, args, device, workdir, log=sys.stderr, on_result=None):
     """{label: {switch: result}} in plan order (``on_result(results)`` after each). Under ``args.time_budget`` a
     measurement is left out (recorded as skipped) when its estimate would end it past the budget: the same
     configuration's last measurement; for compile, the longest compile so far (``args.compile_estimate`` before)."""
-    results, last, compile_cost, t0 = {}, {}, None, time.time()
+    results, last, compile_cost = {}, {}, None
     gc.collect()
     gc.freeze()  # the imports' objects: later collections (before each memory reading) skip them, ~1 s each less
+    t0 = time.time()  # the budget counts the measurements, not this one-off collection (~0.5 s on a CPU)
     for label, net_opt, switch in plan:
         rows = results.setdefault(label, {})
         elapsed = time.time() - t0
@@ -255,7 +254,7 @@ def parse_args(argv=None):
     p.add_argument('--archs', default='all', help='comma-separated registered names, or all')
     p.add_argument('--widths', default='1x,0.5x', help='1x, 0.5x or both (without --presets)')
     p.add_argument('--presets', default=None,
-                   help='measure COMPLEXITY_PRESETS entries instead: all, or comma-separated label substrings')
+                   help='measure ArchSpec.configs entries instead: all, or comma-separated label substrings')
     p.add_argument('--first', default='',
                    help='comma-separated configuration labels measured first with every switch (--time-budget)')
     p.add_argument('--width-divisor', type=int, default=1, help='divide every width argument by this (dry runs)')

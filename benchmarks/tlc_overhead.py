@@ -18,8 +18,9 @@ time with CUDA synchronisation on a GPU.
    fast <= 1.03). "module estimate" = (time inside the local modules - time inside the global ones they replace)
    / forward time, measured with hooks in the same runs (CPU only): less sensitive to other load on the machine
    than the end-to-end ratio of two separate forwards.
-HINet uses the SIDD setting (HIN in every encoder level, the most InstanceNorms) unless --hin-left is given;
-Restormer is the official configuration (dim 48, its 44 transposed attentions become local).
+Each network runs its first described configuration (``hinet_plugins.archs.specs()``, ``ArchSpec.configs``):
+HINet 1x is the SIDD setting (HIN in every encoder level, the most InstanceNorms), Restormer the official one (its
+44 transposed attentions become local); ``--arch-opt key=value`` changes it (e.g. ``hin_position_left=3``).
 """
 
 import argparse
@@ -42,11 +43,16 @@ from hinet_plugins.tlc import local_ops as L  # noqa: E402
 from hinet_plugins.archs.blocks import TransposedAttention  # noqa: E402
 
 GLOBAL_TYPES = (nn.InstanceNorm2d, nn.GroupNorm, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, TransposedAttention)
-ARCH_OPTIONS = {
-    'HINet': lambda args: {'type': 'HINet', 'wf': args.wf, 'hin_position_left': args.hin_left},
-    'Restormer': lambda args: {'type': 'Restormer'},
-    'MPRNet': lambda args: {'type': 'MPRNet'},
-}
+
+
+def arch_options(arch, args):
+    """``network_g`` of ``arch``: its first described configuration (else its defaults) + ``--arch-opt``."""
+    from hinet_plugins.archs import specs
+    from hinet_plugins.restore import parse_key_values
+    spec = specs().get(arch)
+    if spec is None:
+        sys.exit(f'tlc_overhead: error: --archs {arch}: not a described network ({", ".join(specs())})')
+    return {**spec.options(spec.configs[0].kwargs if spec.configs else {}), **parse_key_values(args.arch_opt)}
 
 
 def size_arg(text):
@@ -134,7 +140,7 @@ def bench_model(args, device):
     print('|---|---|---|---|---|---|---|---|---|')
     notes = []
     for arch in args.archs:
-        net = build_network(ARCH_OPTIONS[arch](args)).to(device).eval()
+        net = build_network(arch_options(arch, args)).to(device).eval()
         nets, conversion = convert_modes(net, args.train_size, args.base_size)
         notes.append(f'{arch}: {conversion.summary().splitlines()[0]}')
         for (h, w), b, est in time_modes(nets, args.sizes, args.repeats, device):
@@ -237,9 +243,9 @@ def main():
     p.add_argument('--sizes', type=lambda s: [size_arg(v) for v in s.split(',')], default=[(360, 640)],
                    help='input sizes, e.g. 256x256,360x640,720x1280')
     p.add_argument('--archs', type=lambda s: s.split(','), default=['HINet', 'Restormer'],
-                   help=f'comma list of {sorted(ARCH_OPTIONS)}')
-    p.add_argument('--wf', type=int, default=64, help='HINet width (64 = 1x)')
-    p.add_argument('--hin-left', type=int, default=0, help='first HIN level (0: SIDD setting, 3: GoPro)')
+                   help='comma list of described networks (hinet_plugins.archs.specs())')
+    p.add_argument('--arch-opt', action='append', default=[], metavar='KEY=VALUE',
+                   help='constructor keyword for the networks (repeatable; YAML values)')
     p.add_argument('--train-size', type=int, default=256)
     p.add_argument('--base-size', type=int, default=None)
     p.add_argument('--repeats', type=int, default=2, help='timed forwards per mode and size (min is kept)')

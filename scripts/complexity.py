@@ -2,8 +2,8 @@
 
     python scripts/complexity.py [--markdown] [--only LABEL_SUBSTRING] [--size 256] [--no-macs]
 
-Every module of ``hinet_plugins.archs`` may define ``COMPLEXITY_PRESETS`` (label, network options, reference
-params, reference MACs in G, note); the presets of all modules are measured. Params and MACs come from mmengine's
+Every network's description (``hinet_plugins.archs.specs()``, ``ArchSpec.configs``: label, keywords, reference
+params, reference MACs in G, note) is measured. Params and MACs come from mmengine's
 model-complexity analysis (``get_model_complexity_info``, one input tensor), which counts a multiply-add as one MAC,
 charges normalisation layers ~5 MACs per element and ignores element-wise ops (add, activations, gating).
 
@@ -16,8 +16,6 @@ hooks on the ``nn.ConvTranspose*d`` modules during mmengine's own trace). The HI
 convention 170.5 G / 42.8 G (the remaining ~0.1% is how each counter charges normalisation and activation layers).
 """
 import argparse
-import importlib
-import pkgutil
 import sys
 import time
 
@@ -52,12 +50,10 @@ def uncovered_archs(presets):
 
 
 def collect_presets():
-    """[(module name, preset dict)] from every module of hinet_plugins.archs that defines COMPLEXITY_PRESETS."""
-    found = []
-    for info in sorted(pkgutil.iter_modules(archs.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f'{archs.__name__}.{info.name}')
-        found += [(info.name, preset) for preset in getattr(module, 'COMPLEXITY_PRESETS', [])]
-    return found
+    """[(network name, preset dict)] from every described network's configurations (``ArchSpec.configs``)."""
+    return [(name, dict(label=c.label, opt=spec.options(c.kwargs), ref_params=c.params, ref_macs_g=c.macs_g,
+                        note=c.note, macs_ref_counter=c.macs_counter))
+            for name, spec in archs.specs().items() for c in spec.configs]
 
 
 def build(opt):

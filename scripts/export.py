@@ -4,9 +4,9 @@
     python scripts/export.py --arch MPRNet --arch-opt n_feat=40 --checkpoint net_g.pth -o mprnet.onnx \\
         [--tlc --train-size 256 [--base-size 384]] [--size H W] [--check-size H W --check-size H W] [--opset 17]
 
-The model comes from an option file or ``--arch/--arch-opt/--checkpoint`` exactly as in ``scripts/inference.py``
-(release checkpoint formats, ``--param-key``). The graph takes an N x C x H x W float32 image in [0, 1] and returns
-the last stage's output; the padding to the network's multiple is inside the graph. After the export, onnxruntime
+The model comes from an option file, ``--arch/--arch-opt/--checkpoint`` or ``--checkpoint`` alone (architecture
+read from the weights) exactly as in ``scripts/inference.py`` (release checkpoint formats, ``--param-key``).
+The graph takes an N x C x H x W float32 image in [0, 1] and returns the last stage's output; the padding to the network's multiple is inside the graph. After the export, onnxruntime
 runs the file on two sizes different from the export size and the script prints max |ONNX - PyTorch| for each;
 above ``--atol`` (1e-4) nothing is written and the module responsible is named. With ``--tlc`` the graph is valid
 for inputs at least the printed minimum size (about ``--base-size``) in both dimensions.

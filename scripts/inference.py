@@ -7,7 +7,11 @@
 
 Model: ``-opt`` takes ``network_g`` and ``path.pretrain_network_g`` (``param_key_g``, ``strict_load_g``) from an
 option file, and its ``val.tlc`` section if there is one; ``--arch`` (+ ``--arch-opt key=value``, YAML values)
-and ``--checkpoint`` build one directly and override the option file.
+and ``--checkpoint`` build one directly and override the option file; ``--checkpoint`` alone reads the
+architecture from the weights (``hinet_plugins.archs.detect``; ``--arch-opt`` on top), or hands a checkpoint of
+another architecture to spandrel when that optional extra is installed.
+
+    python scripts/inference.py -i photo.png -o out/ --checkpoint net_g_latest.pth
 
 - ``--tlc``: test-time local converter (``hinet_plugins.tlc.convert``): global pooling/normalisation statistics
   become local windows sized ``base_size / train_size`` of each layer's feature map (default base 1.5 x train).

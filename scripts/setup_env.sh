@@ -15,5 +15,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # basicsr's setup.py imports torch at build time: build it against the torch just installed
   pip install -q --no-build-isolation basicsr==1.4.2
   pip install -q --no-build-isolation -e '.[test]'
+  # optional extra (spandrel needs Python >= 3.10; the core and its tests run without it)
+  if .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    pip install -q --no-build-isolation -e '.[spandrel]'
+  fi
   echo "$want" > "$stamp"
 fi

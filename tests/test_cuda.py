@@ -33,7 +33,8 @@ from test_distributed import free_port
 from test_resume import logged_iterations
 
 from basicsr.archs import build_network
-from basicsr.utils.registry import ARCH_REGISTRY
+
+from hinet_plugins.archs import specs
 
 from hinet_plugins import tlc
 from hinet_plugins.tlc import local_ops as L
@@ -255,27 +256,16 @@ def ieee_fp32():
             t.fp32_precision = value
 
 
-TLC_NETS = {
-    'HINet': dict(NET),
-    'MPRNet': {'type': 'MPRNet', 'n_feat': 16, 'scale_unetfeats': 8, 'scale_orsnetfeats': 8, 'num_cab': 2},
-    'Restormer': {'type': 'Restormer', 'dim': 8, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
-                  'heads': [1, 2, 2, 4]},
-    'NAFNet': {'type': 'NAFNet', 'width': 8, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1]},
-}
-
-
 def _last(out):
     return out[-1] if isinstance(out, (list, tuple)) else out
 
 
-@pytest.mark.parametrize('name', list(TLC_NETS))
+@pytest.mark.parametrize('name', list(specs()))
 def test_tlc_on_cuda_equals_cpu(name):
-    """Exact and fast TLC of the same network on CUDA and on the CPU: same windows, same output."""
-    opt = TLC_NETS[name]
-    if opt['type'] not in ARCH_REGISTRY:
-        pytest.skip(f"{opt['type']} is not registered in this checkout")
+    """Exact and fast TLC of every described network (tiny configuration) on CUDA and on the CPU: same windows,
+    same output."""
     torch.manual_seed(0)
-    cpu = build_network(dict(opt)).eval()
+    cpu = build_network(specs()[name].options()).eval()
     with torch.no_grad():  # random weights everywhere (NAFNet's layer scales start at zero: TLC would show nothing)
         for p in cpu.parameters():
             p.add_(torch.randn_like(p) * 0.05)

@@ -94,17 +94,6 @@ def test_table4_variants_from_network_options():
         build_network({'type': 'DRCNet', 'wf': 8, 'mask_mode': 'straight'})
 
 
-@pytest.mark.parametrize('size', [(16, 16), (17, 23), (5, 7), (40, 9)])
-def test_drcnet_any_input_size(size):
-    torch.manual_seed(0)
-    net = build_network({'type': 'DRCNet', 'wf': 8})
-    x = torch.rand(2, 3, *size)
-    outs = net(x)
-    assert len(outs) == 2 and all(o.shape == x.shape for o in outs)
-    assert all(torch.isfinite(o).all() for o in outs)
-    assert not torch.allclose(outs[0], outs[1])
-
-
 # ----------------------------------------------------------------------------- DFR block
 def test_dfr_plugin_shapes_and_gradients():
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
-"""ONNX export (``hinet_plugins.export``, scripts/export.py): every registered architecture at a tiny width, with
-dynamic height and width, plain and TLC-converted, checked with onnxruntime against PyTorch (max |diff| <= 1e-4,
-fp32) on sizes other than the trace size; modules that cannot be exported are named; nothing is written then."""
+"""ONNX export (``hinet_plugins.export``, scripts/export.py): dynamic batch, TLC-converted graphs checked with
+onnxruntime against PyTorch (max |diff| <= 1e-4, fp32) on sizes other than the trace size; modules that cannot be
+exported are named; nothing is written then. Every described network at its tiny size: tests/test_every_arch.py."""
 import contextlib
 import importlib.util
 import io
@@ -15,7 +15,8 @@ from torch import nn
 
 from conftest import REPO, write_options
 from hinet_plugins.errors import ConfigError
-from hinet_plugins.export import export_onnx, graph_forms, registered_archs, run_onnx
+from hinet_plugins.archs import spec_of
+from hinet_plugins.export import export_onnx, graph_forms, run_onnx
 from hinet_plugins.tlc import convert
 
 SCRIPT = os.path.join(REPO, 'scripts', 'export.py')
@@ -23,55 +24,15 @@ spec = importlib.util.spec_from_file_location('export_script', SCRIPT)
 export_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(export_script)
 
-# The smallest sensible width of each architecture (tests only); a new architecture needs a line here.
-_MPR = {'n_feat': 8, 'scale_unetfeats': 4, 'scale_orsnetfeats': 4, 'num_cab': 1, 'reduction': 2}
-_NAF = {'width': 4, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1]}
-TINY = {
-    'HINet': {'wf': 4, 'depth': 3}, 'HINetSimple': {'wf': 4, 'depth': 3}, 'DRCNet': {'wf': 4, 'depth': 3},
-    'MPRNet': _MPR, 'FCN': _MPR, 'NAFNet': _NAF, 'Baseline': _NAF,
-    'Restormer': {'dim': 4, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 1, 1]},
-}
-# Known not exportable today, with the reason (strict: the test fails as soon as they export, to drop the line).
-BLOCKED = {}
-
-
 def tiny(name, seed=0):
     torch.manual_seed(seed)
-    return build_network({'type': name, **TINY[name]}).eval()
+    return build_network(spec_of(name).options()).eval()
 
 
 def forward(net, x):
     with torch.no_grad():
         out = net(x)
     return (out[-1] if isinstance(out, (list, tuple)) else out).numpy()
-
-
-def test_every_registered_architecture_has_a_tiny_configuration():
-    archs = registered_archs()
-    assert {'HINet', 'HINetSimple', 'MPRNet', 'DRCNet', 'FCN'} <= set(archs)
-    assert not any(a.endswith('Local') for a in archs)
-    missing = sorted(set(archs) - set(TINY))
-    assert not missing, f'add tiny options for {missing} to TINY in tests/test_export.py'
-
-
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=ConfigError,
-                                                                          reason=BLOCKED[n])) if n in BLOCKED else n
-                                  for n in registered_archs()])
-def test_architecture_exports_with_dynamic_sizes(tmp_path, name):
-    if name not in TINY:
-        pytest.skip('no tiny configuration (see the test above)')
-    net = tiny(name)
-    path = str(tmp_path / f'{name}.onnx')
-    report = export_onnx(net, path)
-    size, checks = report['size'], list(report['diffs'])
-    assert len(checks) == 2 and size not in checks and all(d <= 1e-4 for d in report['diffs'].values()), report
-    # sizes that are not multiples of anything: the padding to the network's multiple runs inside the graph
-    for h, w in [(37, 51)]:
-        x = torch.rand(1, 3, h, w)
-        got = run_onnx(path, x)[0]
-        assert got.shape == (1, 3, h, w)
-        assert np.abs(got - forward(net, x)).max() <= 1e-4, (name, h, w)
-    print(f'{name}: max |ONNX - PyTorch| ' + ', '.join(f'{s}: {d:.2e}' for s, d in report['diffs'].items()))
 
 
 def test_dynamic_batch(tmp_path):
@@ -157,10 +118,10 @@ def run(argv):
 
 def test_script_plain_tlc_and_errors(tmp_path):
     torch.manual_seed(0)
-    net = build_network({'type': 'HINet', **TINY['HINet']})
+    net = build_network({'type': 'HINet', **spec_of('HINet').tiny})
     ckpt = str(tmp_path / 'net.pth')
     torch.save({'params': net.state_dict()}, ckpt)
-    opt = write_options({'name': 'x', 'network_g': {'type': 'HINet', **TINY['HINet']},
+    opt = write_options({'name': 'x', 'network_g': {'type': 'HINet', **spec_of('HINet').tiny},
                          'path': {'pretrain_network_g': ckpt}}, tmp_path / 'opt.yml')
     code, log = run(['-opt', opt, '-o', str(tmp_path / 'plain.onnx'), '--size', '39', '45',
                      '--check-size', '33', '50', '--check-size', '61', '35'])
@@ -172,7 +133,7 @@ def test_script_plain_tlc_and_errors(tmp_path):
     # one line each, exit 2, nothing written
     probe_ckpt = str(tmp_path / 'probe.pth')
     torch.save({'params': ExportProbeNet().state_dict()}, probe_ckpt)
-    fast = write_options({'name': 'x', 'network_g': {'type': 'HINet', **TINY['HINet']},
+    fast = write_options({'name': 'x', 'network_g': {'type': 'HINet', **spec_of('HINet').tiny},
                           'path': {'pretrain_network_g': ckpt}, 'val': {'tlc': {'train_size': 16, 'fast_imp': True}}},
                          tmp_path / 'fast.yml')
     before = sorted(os.listdir(tmp_path))

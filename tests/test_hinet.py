@@ -102,15 +102,6 @@ def test_hinet_strict_loads_a_release_style_state_dict(tmp_path):
         assert torch.equal(v, state['params']['module.' + k])
 
 
-@pytest.mark.parametrize('size', [(37, 45), (16, 16), (1, 3)])
-def test_hinet_any_input_size(size):
-    net = build_network({'type': 'HINet', 'wf': 8})
-    x = torch.rand(2, 3, *size)
-    outs = net(x)
-    assert isinstance(outs, list) and len(outs) == 2
-    assert all(o.shape == x.shape for o in outs)
-
-
 def test_padding_does_not_change_the_cropped_result_at_valid_sizes():
     torch.manual_seed(0)
     net = build_network({'type': 'HINet', 'wf': 8, 'depth': 3}).eval()

@@ -275,18 +275,18 @@ def test_derain_macs_match_hinet_paper():
     """mmengine's counter (the one behind get_model_complexity_info) at 1x3x256x256 vs HINet Table 4."""
     from mmengine.analysis import FlopAnalyzer
 
-    from hinet_plugins.archs.mprnet_arch import COMPLEXITY_PRESETS
-    preset = next(p for p in COMPLEXITY_PRESETS if 'derain' in p['label'])
-    opt = dict(preset['opt'])
-    net = build_network(opt).eval()
-    assert sum(p.numel() for p in net.parameters()) == preset['ref_params']
+    from hinet_plugins.archs import spec_of
+    spec = spec_of('MPRNet')
+    preset = next(c for c in spec.configs if 'derain' in c.label)
+    net = build_network(spec.options(preset.kwargs)).eval()
+    assert sum(p.numel() for p in net.parameters()) == preset.params
     counter = FlopAnalyzer(net, (torch.randn(1, 3, 256, 256),))
     counter.unsupported_ops_warnings(False)
     counter.uncalled_modules_warnings(False)
     with torch.no_grad():
         macs_g = counter.total() / 1e9
-    assert preset['ref_macs_g'] == 141.28
-    assert abs(macs_g / preset['ref_macs_g'] - 1) < 0.005
+    assert preset.macs_g == 141.28
+    assert abs(macs_g / preset.macs_g - 1) < 0.005
 
 
 def test_sidd_file_mixes_up_per_sample_after_five_release_epochs(tiny_data):

@@ -242,13 +242,6 @@ def test_release_option_files_build_the_released_parameter_counts(rel):
     assert count_on_meta(plain) == RELEASE_PARAMS[rel]
 
 
-def test_complexity_presets_are_the_release_configurations():
-    from hinet_plugins.archs.nafnet_arch import COMPLEXITY_PRESETS
-    assert sorted(p['ref_params'] for p in COMPLEXITY_PRESETS) == sorted(RELEASE_PARAMS.values())
-    for p in COMPLEXITY_PRESETS:
-        assert count_on_meta(p['opt']) == p['ref_params'], p['label']
-
-
 def test_release_checkpoint_loads_strictly_through_the_model(tmp_path):
     """``{'params': ...}`` with a leading ``module.`` (a DDP save), into ImageRestorationModel and NAFNetLocal."""
     layout = release_layout('naf', 8, TINY['enc_blk_nums'], 1, TINY['dec_blk_nums'])

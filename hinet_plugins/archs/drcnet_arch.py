@@ -52,13 +52,14 @@ Table 4 ablations (``dfr_variant``): 'base' = A without the region normalisation
 'sf_identity' = A + identity; 'sf_ea' = A * B; 'full' = A * B + identity (DFR). Branches a variant lacks have no
 modules. The paper's Table 4 parameter counts do not follow from one consistent structure: 'sf', 'sf_identity',
 'sf_ea' and 'full' match ours (15.4 / 15.8 / 18.6 / 18.9 M), but its 'base' (12.7 M) and 'ea' (13.1 M) lie 2.7 M and
-5.5 M below what removing branches gives (15.4 / 18.6 M); see ``COMPLEXITY_PRESETS``.
+5.5 M below what removing branches gives (15.4 / 18.6 M); see the configurations in ``describe(DRCNet, ...)``.
 """
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from .hinet_arch import HINet
+from .spec import Config, count, describe, shape
 
 MASK_MODES = ('ste', 'hard', 'soft')
 REGION_STATS = ('sample', 'batch')
@@ -294,14 +295,33 @@ class DRCNet(HINet):
                             **self.dfr_kwargs)
 
 
-# Params and MACs at 1x3x256x256 (scripts/complexity.py). The paper gives no MACs; Table 4's counts are rounded to
-# 0.1 M and its 'base'/'ea' rows are not reachable by removing branches (see the module docstring).
-COMPLEXITY_PRESETS = [
-    dict(label='DRCNet', opt={'type': 'DRCNet', 'wf': 64}, ref_params=18_975_798, ref_macs_g=None,
-         note='params: release (paper Tables 1-5: 18.9 M); no MACs in the paper'),
-] + [
-    dict(label=f'DRCNet {variant} (Table 4)', opt={'type': 'DRCNet', 'wf': 64, 'dfr_variant': variant},
-         ref_params=paper, ref_macs_g=None, note='paper Table 4 (0.1 M rounding)')
-    for variant, paper in (('base', 12_700_000), ('sf', 15_400_000), ('ea', 13_100_000),
-                           ('sf_identity', 15_800_000), ('sf_ea', 18_600_000))
-]
+def _detect(sd):
+    """DRCNet keywords from a state dict: width, depth and the DFR variant (its branches' keys); None if not."""
+    first = shape(sd, 'conv_01.weight')
+    if first is None or len(first) != 4 or 'down_path_1.0.conv_1.weight' not in sd or 'up_path_1.0.up.weight' not in sd:
+        return None
+    block = 'down_path_1.0.'
+    branches = (block + 'norm.sa.conv1.weight' in sd, block + 'conv_2.weight' in sd, block + 'identity.weight' in sd)
+    variant = next((v for v, b in DFR_VARIANTS.items() if b == branches), None)
+    if variant is None:
+        return None
+    return dict(in_chn=first[1], wf=first[0], depth=count(sd, 'down_path_1.'), dfr_variant=variant)
+
+
+describe(DRCNet, purpose="HINet's two-stage U-Net with dynamic filter restoration blocks (deblur, derain)",
+         tiny={'wf': 4, 'depth': 3}, detect=_detect, final_layer='last',
+         sample=lambda rng: dict(in_chn=rng.choice([1, 3]), wf=rng.choice([2, 4, 6]), depth=rng.randint(2, 4),
+                                 dfr_variant=rng.choice(sorted(DFR_VARIANTS))),
+         size_multiple=lambda kwargs: 2 ** (kwargs.get('depth', 4) - 1), channels=lambda kw: (kw.get('in_chn', 3),) * 2,
+         assumed={'preset': "'paper' (the class default); the authors' release checkpoints compute the release's "
+                            "numbers with preset=release",
+                  'hin_position_left': '0 and hin_position_right 4 (every level normalised): the region '
+                                       "normalisation's weights exist in every block either way",
+                  'relu_slope': 'LeakyReLU slope: no weights'},
+         configs=(Config('DRCNet', {'wf': 64}, 18_975_798, note='params: release (paper Tables 1-5: 18.9 M); '
+                                                                  'no MACs in the paper'),) + tuple(
+             # paper Table 4, rounded to 0.1 M; its 'base' and 'ea' rows are not reachable by removing branches
+             Config(f'DRCNet {variant} (Table 4)', {'wf': 64, 'dfr_variant': variant}, paper, release=False,
+                    note='paper Table 4 (0.1 M rounding)')
+             for variant, paper in (('base', 12_700_000), ('sf', 15_400_000), ('ea', 13_100_000),
+                                    ('sf_identity', 15_800_000), ('sf_ea', 18_600_000))))

@@ -54,7 +54,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import CAB, conv
-from .mprnet_arch import MPRNet
+from .mprnet_arch import MPRNet, detect_mprnet, mprnet_channels, sample_mprnet
+from .spec import Config, describe
 
 LAYERNORM_SCOPES = ('sample', 'batch')
 RELEASE_UNUSED_PREFIX = 'stage1_decoder1.'  # built but never called by the release
@@ -124,10 +125,18 @@ class FCN(MPRNet):
                                       error_msgs)
 
 
-# Configurations reported by scripts/complexity.py (params and MACs at 1x3x256x256), with the paper's figures.
-COMPLEXITY_PRESETS = [
-    dict(label='FCN (GoPro)', opt={'type': 'FCN', 'n_feat': 96, 'scale_unetfeats': 48, 'scale_orsnetfeats': 32},
-         ref_params=20_309_377, ref_macs_g=None,
-         note='params: paper Sec. 4.3.1, 20.309 M (the release without its unused stage1_decoder1); '
-              'the paper gives no MACs'),
-]
+def _detect(sd):
+    """MPRNet's keywords plus FCN's stage 0 (whose keys no MPRNet has); the release's unused decoder is ignored."""
+    return detect_mprnet({k: v for k, v in sd.items() if not k.startswith(RELEASE_UNUSED_PREFIX)}, stage0=True)
+
+
+describe(FCN, purpose='MPRNet-deblur with a stage-0 feature catcher (deblur)',
+         tiny={'n_feat': 8, 'scale_unetfeats': 4, 'scale_orsnetfeats': 4, 'num_cab': 1, 'reduction': 2},
+         detect=_detect, final_layer='tail', size_multiple=lambda kwargs: 8, channels=mprnet_channels,
+         sample=sample_mprnet,
+         assumed={'layernorm_scope': "'sample' (the release's batch-wide LayerNorm has no weights either)"},
+         configs=(
+             Config('FCN (GoPro)', {'n_feat': 96, 'scale_unetfeats': 48, 'scale_orsnetfeats': 32}, 20_309_377,
+                    note='params: paper Sec. 4.3.1, 20.309 M (the release without its unused stage1_decoder1); '
+                         'the paper gives no MACs'),
+         ))

@@ -24,6 +24,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from .blocks import SAM, UNetConvBlock, UNetUpBlock, checkpoint_call, crop_outputs, pad_to_multiple
+from .spec import Config, count, describe, shape
 
 
 @ARCH_REGISTRY.register()
@@ -130,17 +131,73 @@ class HINetSimple(HINet):
                          num_res_blocks=num_res_blocks, gn_groups=gn_groups)
 
 
-# Configurations reported by scripts/complexity.py (params and MACs at 1x3x256x256), with the papers' figures.
-# Each arch module may define COMPLEXITY_PRESETS: label, network options, paper/release params, paper MACs (G), note.
-COMPLEXITY_PRESETS = [
-    dict(label='HINet 1x', opt={'type': 'HINet', 'wf': 64}, ref_params=88_669_702, ref_macs_g=170.71,
-         note='paper Table 4 (MACs counted with each 2x2 s2 transposed conv 4x over); params: release'),
-    dict(label='HINet 0.5x', opt={'type': 'HINet', 'wf': 32}, ref_params=22_176_518, ref_macs_g=42.88,
-         note='paper Table 4; params: release'),
-    dict(label='HINet 2x', opt={'type': 'HINet', 'wf': 128}, ref_params=None, ref_macs_g=None,
-         note='Sec. 4.4 "Wider"; no figure in the paper'),
-    dict(label='HINet GoPro/REDS (HIN 3..4)', opt={'type': 'HINet', 'wf': 64, 'hin_position_left': 3},
-         ref_params=None, ref_macs_g=170.71, note='release GoPro/REDS options'),
-    dict(label='HINet Simple', opt={'type': 'HINetSimple'}, ref_params=None, ref_macs_g=None,
-         note='Sec. 4.2 ablation network'),
-]
+def _detect(sd, stages):
+    """HINet keywords from a state dict (``stages``: 2 for HINet, 1 for HINetSimple); None if not a HINet."""
+    first = shape(sd, 'conv_01.weight')
+    if first is None or len(first) != 4 or 'down_path_1.0.conv_1.weight' not in sd or \
+            'down_path_1.0.norm.sa.conv1.weight' in sd or ('down_path_2.0.conv_1.weight' in sd) != (stages == 2):
+        return None
+    wf, in_chn = first[0], first[1]
+    depth = count(sd, 'down_path_1.')
+    kwargs = dict(in_chn=in_chn, wf=wf, depth=depth, num_res_blocks=count(sd, 'down_path_1.0.res_blocks.'))
+    if stages == 1:
+        kwargs['use_skip'] = 'skip_conv_1.0.weight' in sd or depth == 1
+    levels = [i for i in range(depth) if f'down_path_1.{i}.norm.weight' in sd]
+    if not levels:
+        return dict(kwargs, norm_type='none')
+    block = f'down_path_1.{levels[0]}.'
+    if block + 'norm_bn.weight' in sd:
+        norm = 'ibn'
+    elif shape(sd, block + 'norm.weight', 0) != shape(sd, block + 'conv_1.weight', 0):
+        norm = 'hin'
+    elif block + 'norm.running_mean' in sd:
+        norm = 'bn'
+    else:
+        norm = 'in'  # 'in', 'ln' and 'gn' have the same weights (see ``_assumed``)
+    return dict(kwargs, norm_type=norm, hin_position_left=levels[0], hin_position_right=levels[-1],
+                hin_in_decoder='up_path_1.0.conv_block.norm.weight' in sd)
+
+
+def _assumed(kwargs):
+    out = {'relu_slope': 'LeakyReLU slope: no weights'}
+    if kwargs.get('norm_type') == 'in':
+        out['norm_type'] = "'in' (per-channel affine norm): 'ln' and 'gn' have the same weights"
+    return out
+
+
+def _sample(rng, simple=False):
+    depth = rng.randint(2, 4)
+    left = rng.randint(0, depth - 1)
+    out = dict(in_chn=rng.choice([1, 3]), wf=rng.choice([2, 4, 6]), depth=depth, hin_position_left=left,
+               hin_position_right=rng.randint(left, depth - 1), num_res_blocks=rng.randint(0, 1),
+               norm_type=rng.choice(['hin', 'in', 'bn', 'ibn', 'none']), hin_in_decoder=rng.random() < 0.3)
+    if simple:
+        out['use_skip'] = rng.random() < 0.5
+    return out
+
+
+def _multiple(kwargs):
+    return 2 ** (kwargs.get('depth', 5) - 1)
+
+
+def _channels(kwargs):
+    return (kwargs.get('in_chn', 3),) * 2
+
+
+describe(HINet, purpose='two-stage U-Net with half instance normalisation (denoise, deblur, derain)',
+         tiny={'wf': 4, 'depth': 3}, detect=lambda sd: _detect(sd, 2), final_layer='last',
+         size_multiple=_multiple, channels=_channels, assumed=_assumed, sample=_sample, configs=(
+             Config('HINet 1x', {'wf': 64}, 88_669_702, macs_g=170.71,
+                    note='release SIDD/Rain13k; paper Table 4 (MACs counted with each 2x2 s2 transposed conv 4x '
+                         'over); params: release'),
+             Config('HINet 0.5x', {'wf': 32}, 22_176_518, macs_g=42.88, note='release; paper Table 4'),
+             Config('HINet GoPro/REDS (HIN 3..4)', {'wf': 64, 'hin_position_left': 3}, None, macs_g=170.71,
+                    note='release GoPro/REDS options'),
+             Config('HINet 2x', {'wf': 128}, None, release=False, note='Sec. 4.4 "Wider"; no figure in the paper'),
+         ))
+describe(HINetSimple, purpose='HINet Sec. 4.2 ablation: one U-Net stage of HINet 0.5x without skips',
+         tiny={'wf': 4, 'depth': 3}, detect=lambda sd: _detect(sd, 1), final_layer='last',
+         size_multiple=_multiple, channels=_channels, assumed=_assumed, sample=lambda rng: _sample(rng, simple=True),
+         configs=(
+             Config('HINet Simple', {}, None, release=False, note='Sec. 4.2 ablation network'),
+         ))

@@ -48,6 +48,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from .blocks import CAB, SAM, checkpoint_call, conv, crop_outputs, pad_to_multiple
+from .spec import Config, count, describe, shape
 
 
 def cab_stack(n, n_feat, kernel_size, reduction, bias, act):
@@ -253,16 +254,49 @@ class MPRNet(nn.Module):
         return crop_outputs([img1, img2, img3], size)
 
 
-# Configurations reported by scripts/complexity.py (params and MACs at 1x3x256x256), with the papers' figures.
-COMPLEXITY_PRESETS = [
-    dict(label='MPRNet deblur (GoPro)', opt={'type': 'MPRNet', 'n_feat': 96, 'scale_unetfeats': 48,
-                                             'scale_orsnetfeats': 32},
-         ref_params=20_127_073, ref_macs_g=760.11,
-         note='MACs: HINet paper Table 4; params: release (MPRNet paper Table 6: 20.1 M)'),
-    dict(label='MPRNet denoise (SIDD)', opt={'type': 'MPRNet', 'n_feat': 80, 'scale_unetfeats': 48,
-                                             'scale_orsnetfeats': 32},
-         ref_params=15_741_025, ref_macs_g=573.50, note='MACs: HINet paper Table 4; params: release'),
-    dict(label='MPRNet derain (Rain13k)', opt={'type': 'MPRNet', 'n_feat': 40, 'scale_unetfeats': 20,
-                                               'scale_orsnetfeats': 16},
-         ref_params=3_637_249, ref_macs_g=141.28, note='MACs: HINet paper Table 4; params: release'),
-]
+def detect_mprnet(sd, stage0=False):
+    """MPRNet keywords from a state dict (``stage0``: FCN's extra branch must be there / absent); None if not."""
+    first = shape(sd, 'shallow_feat1.0.weight')
+    if first is None or len(first) != 4 or ('shallow_feat0.0.weight' in sd) != stage0 or \
+            'stage3_orsnet.orb1.body.0.CA.conv_du.0.weight' not in sd:
+        return None
+    n_feat, in_c, kernel_size = first[0], first[1], first[-1]
+    level2 = shape(sd, 'stage1_encoder.encoder_level2.0.body.0.weight', 0)
+    orsnet = shape(sd, 'stage3_orsnet.orb1.body.0.body.0.weight', 0)
+    if level2 is None or orsnet is None:
+        return None
+    squeezed = shape(sd, 'shallow_feat1.1.CA.conv_du.0.weight', 0)
+    # the smallest reduction that gives the stored squeeze width at the three U-Net widths and the ORSNet width
+    widths = [n_feat + i * (level2 - n_feat) for i in range(3)] + [orsnet]
+    observed = [shape(sd, 'stage1_encoder.encoder_level%d.0.CA.conv_du.0.weight' % i, 0) for i in (1, 2, 3)] + \
+        [shape(sd, 'stage3_orsnet.orb1.body.0.CA.conv_du.0.weight', 0)]
+    reduction = next((r for r in range(1, n_feat + 1) if all(w // r == o for w, o in zip(widths, observed))),
+                     n_feat // max(squeezed or 1, 1))
+    return dict(in_c=in_c, out_c=shape(sd, 'tail.weight', 0), n_feat=n_feat, scale_unetfeats=level2 - n_feat,
+                scale_orsnetfeats=orsnet - n_feat, num_cab=count(sd, 'stage3_orsnet.orb1.body.') - 1,
+                kernel_size=kernel_size, reduction=reduction, bias='shallow_feat1.0.bias' in sd)
+
+
+def sample_mprnet(rng):
+    c = rng.choice([1, 3])
+    return dict(in_c=c, out_c=c, n_feat=rng.choice([4, 6, 8]), scale_unetfeats=rng.choice([2, 4]),
+                scale_orsnetfeats=rng.choice([2, 4]), num_cab=rng.randint(1, 2), kernel_size=rng.choice([1, 3]),
+                reduction=rng.choice([1, 2]), bias=rng.random() < 0.5)
+
+
+def mprnet_channels(kwargs):
+    return kwargs.get('in_c', 3), kwargs.get('out_c', 3)
+
+
+describe(MPRNet, purpose='three-stage multi-patch network with supervised attention (deblur, denoise, derain)',
+         tiny={'n_feat': 8, 'scale_unetfeats': 4, 'scale_orsnetfeats': 4, 'num_cab': 1, 'reduction': 2},
+         detect=detect_mprnet, final_layer='tail', size_multiple=lambda kwargs: 8, channels=mprnet_channels,
+         sample=sample_mprnet, configs=(
+             Config('MPRNet deblur (GoPro)', {'n_feat': 96, 'scale_unetfeats': 48, 'scale_orsnetfeats': 32},
+                    20_127_073, macs_g=760.11,
+                    note='MACs: HINet paper Table 4; params: release (MPRNet paper Table 6: 20.1 M)'),
+             Config('MPRNet denoise (SIDD)', {'n_feat': 80, 'scale_unetfeats': 48, 'scale_orsnetfeats': 32},
+                    15_741_025, macs_g=573.50, note='MACs: HINet paper Table 4; params: release'),
+             Config('MPRNet derain (Rain13k)', {'n_feat': 40, 'scale_unetfeats': 20, 'scale_orsnetfeats': 16},
+                    3_637_249, macs_g=141.28, note='MACs: HINet paper Table 4; params: release'),
+         ))

@@ -27,12 +27,15 @@ under activation checkpointing (``blocks.checkpoint_call``). The only global ope
 built by ``hinet_plugins.tlc.local_archs`` (windows = each pool's feature size for a 1.5 x ``train_size`` input, so
 up to that input size, and always in training mode, the local network computes exactly the plain one).
 """
+import re
+
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
 from .blocks import ChannelLayerNorm, checkpoint_call
+from .spec import Config, count, describe, shape
 
 
 class SimpleGate(nn.Module):
@@ -166,24 +169,63 @@ class Baseline(_UNet):
                          enc_blk_nums, dec_blk_nums)
 
 
+def _detect(sd, attention):
+    """NAFNet/Baseline keywords from a state dict (``attention``: 'sca' or 'se', the blocks' kind); None if not."""
+    intro = shape(sd, 'intro.weight')
+    if intro is None or len(intro) != 4 or 'ending.weight' not in sd:
+        return None
+    block = re.compile(r'(encoders\.\d+\.\d+|middle_blks\.\d+|decoders\.\d+\.\d+)\.(sca|se)\.1\.weight$')
+    found = [m for m in map(block.match, sd) if m]
+    if any(m.group(2) != attention for m in found) or (attention == 'se' and not found):
+        return None  # a network without blocks is taken as a NAFNet (both are the same then)
+    kwargs = dict(img_channel=intro[1], width=intro[0], middle_blk_num=count(sd, 'middle_blks.'),
+                  enc_blk_nums=[count(sd, f'encoders.{i}.') for i in range(count(sd, 'downs.'))],
+                  dec_blk_nums=[count(sd, f'decoders.{i}.') for i in range(count(sd, 'ups.'))])
+    if attention == 'se':
+        first = found[0].group(1)
+        c = shape(sd, f'{first}.beta', 1)
+        kwargs.update(dw_expand=shape(sd, f'{first}.conv1.weight', 0) // c,
+                      ffn_expand=shape(sd, f'{first}.conv4.weight', 0) // c)
+    return kwargs
+
+
+def _sample(rng, baseline=False):
+    levels = rng.randint(0, 3)
+    out = dict(img_channel=rng.choice([1, 3]), width=rng.choice([2, 4, 6, 8]),
+               middle_blk_num=rng.randint(1 if baseline else 0, 2),
+               enc_blk_nums=[rng.randint(0, 2) for _ in range(levels)],
+               dec_blk_nums=[rng.randint(0, 2) for _ in range(levels)])
+    if baseline:
+        out.update(dw_expand=rng.choice([1, 2]), ffn_expand=rng.choice([1, 2, 3]))
+    return out
+
+
+def _multiple(kwargs):
+    return 2 ** len(kwargs.get('enc_blk_nums', ()))
+
+
+def _channels(kwargs):
+    return (kwargs.get('img_channel', 3),) * 2
+
+
+_TINY = {'width': 4, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1]}
 _GOPRO = dict(enc_blk_nums=[1, 1, 1, 28], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1])
 _SIDD = dict(enc_blk_nums=[2, 2, 4, 8], middle_blk_num=12, dec_blk_nums=[2, 2, 2, 2])
 
-# Rows of scripts/complexity.py (params and MACs at 1x3x256x256): the release's option files. The parameter counts
-# are the release's; the MACs of its README/paper are not given for these exact files here, so none is compared.
-COMPLEXITY_PRESETS = [
-    dict(label='NAFNet GoPro/REDS width 32', opt={'type': 'NAFNet', 'width': 32, **_GOPRO}, ref_params=17_111_907,
-         ref_macs_g=None, note='release options/train/GoPro/NAFNet-width32.yml; params: release'),
-    dict(label='NAFNet GoPro/REDS width 64', opt={'type': 'NAFNet', 'width': 64, **_GOPRO}, ref_params=67_888_835,
-         ref_macs_g=None, note='release options/train/GoPro/NAFNet-width64.yml; params: release'),
-    dict(label='NAFNet SIDD width 32', opt={'type': 'NAFNet', 'width': 32, **_SIDD}, ref_params=29_159_715,
-         ref_macs_g=None, note='release options/train/SIDD/NAFNet-width32.yml; params: release'),
-    dict(label='NAFNet SIDD width 64', opt={'type': 'NAFNet', 'width': 64, **_SIDD}, ref_params=115_982_915,
-         ref_macs_g=None, note='release options/train/SIDD/NAFNet-width64.yml; params: release'),
-    dict(label='Baseline GoPro width 32', opt={'type': 'Baseline', 'width': 32, 'dw_expand': 1, **_GOPRO},
-         ref_params=17_023_875, ref_macs_g=None,
-         note='release options/train/GoPro/Baseline-width32.yml (dw_expand 1); params: release'),
-    dict(label='Baseline GoPro width 64', opt={'type': 'Baseline', 'width': 64, 'dw_expand': 2, **_GOPRO},
-         ref_params=112_036_291, ref_macs_g=None,
-         note='release options/train/GoPro/Baseline-width64.yml (dw_expand 2); params: release'),
-]
+describe(NAFNet, purpose='one U-Net of activation-free blocks (deblur, denoise)', tiny=_TINY,
+         detect=lambda sd: _detect(sd, 'sca'), final_layer='ending', size_multiple=_multiple, channels=_channels,
+         sample=_sample, pad_mode='zeros',
+         configs=tuple(Config(f'NAFNet {task} width {w}', {'width': w, **blocks}, params,
+                              note=f'release options/train/{folder}/NAFNet-width{w}.yml; params: release')
+                       for task, folder, blocks, w, params in (
+                           ('GoPro/REDS', 'GoPro', _GOPRO, 32, 17_111_907),
+                           ('GoPro/REDS', 'GoPro', _GOPRO, 64, 67_888_835),
+                           ('SIDD', 'SIDD', _SIDD, 32, 29_159_715), ('SIDD', 'SIDD', _SIDD, 64, 115_982_915))))
+describe(Baseline, purpose="NAFNet paper's baseline: GELU and squeeze-excitation blocks (deblur, denoise)",
+         tiny={**_TINY, 'dw_expand': 2, 'ffn_expand': 3}, detect=lambda sd: _detect(sd, 'se'), final_layer='ending',
+         size_multiple=_multiple, channels=_channels, sample=lambda rng: _sample(rng, baseline=True),
+         pad_mode='zeros',
+         configs=tuple(Config(f'Baseline GoPro width {w}', {'width': w, 'dw_expand': dw, **_GOPRO}, params,
+                              note=f'release options/train/GoPro/Baseline-width{w}.yml (dw_expand {dw}); '
+                                   'params: release')
+                       for w, dw, params in ((32, 1, 17_023_875), (64, 2, 112_036_291))))

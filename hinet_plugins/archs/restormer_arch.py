@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import ChannelLayerNorm, TransposedAttention, checkpoint_call
+from .spec import Config, count, describe, shape
 
 
 class LayerNorm(nn.Module):
@@ -201,20 +202,66 @@ class Restormer(nn.Module):
         return out[..., :h, :w]
 
 
-_OFFICIAL = {'type': 'Restormer', 'dim': 48, 'num_blocks': [4, 6, 6, 8], 'num_refinement_blocks': 4,
-             'heads': [1, 2, 4, 8], 'ffn_expansion_factor': 2.66, 'bias': False}
+_LEVELS = (('encoder_level1', 'decoder_level1', 'refinement'), ('encoder_level2', 'decoder_level2'),
+           ('encoder_level3', 'decoder_level3'), ('latent',))
 
-# Rows of scripts/complexity.py (see hinet_arch.py). ``ref_macs_g`` is ptflops' count, which leaves out the
-# attention's two matrix products (q k^T and attn v, ~13.6 G at 256x256); mmengine counts them.
-COMPLEXITY_PRESETS = [
-    dict(label='Restormer (deblur, defocus, derain)', opt={**_OFFICIAL, 'LayerNorm_type': 'WithBias'},
-         ref_params=26_126_644, ref_macs_g=141.24, macs_ref_counter='ptflops',
-         note='params: release; MACs: ptflops (Restormer paper Table 1: 140 G), excludes the attention products'),
-    dict(label='Restormer (colour/real denoise)', opt={**_OFFICIAL, 'LayerNorm_type': 'BiasFree'},
-         ref_params=26_111_668, ref_macs_g=None, note='params: release (BiasFree)'),
-    dict(label='Restormer (grey denoise)', opt={**_OFFICIAL, 'LayerNorm_type': 'BiasFree', 'inp_channels': 1,
-                                                'out_channels': 1},
-         ref_params=26_109_076, ref_macs_g=None, note='params: release (BiasFree, 1 channel)'),
-    dict(label='Restormer (dual-pixel defocus)', opt={**_OFFICIAL, 'inp_channels': 6, 'dual_pixel_task': True},
-         ref_params=26_132_548, ref_macs_g=None, note='params: release (6 input channels, skip_conv)'),
-]
+
+def _ffn_factor(pairs):
+    """The expansion factor f with int(channels * f) == hidden for every (channels, hidden) pair seen."""
+    candidates = [2.66, 2, 3, 4, 1] + [round(h / c, 4) for c, h in pairs] + [(h + 0.5) / c for c, h in pairs]
+    return next((f for f in candidates if all(int(c * f) == h for c, h in pairs)), candidates[0])
+
+
+def _detect(sd):
+    """Restormer keywords from a state dict: levels, heads (temperatures), FFN width, norm and bias; None if not."""
+    embed, out = shape(sd, 'patch_embed.proj.weight'), shape(sd, 'output.weight')
+    if embed is None or out is None or len(embed) != 4 or 'up4_3.body.0.weight' not in sd:
+        return None
+    dim = embed[0]
+    heads, pairs, norms = [], [], []
+    for i, names in enumerate(_LEVELS):
+        blocks = [f'{name}.{j}.' for name in names for j in range(count(sd, f'{name}.'))]
+        first = next(iter(blocks), None)
+        heads.append(shape(sd, first + 'attn.temperature', 0) if first else (1, 2, 4, 8)[i])
+        for b in blocks:
+            pairs.append((shape(sd, b + 'ffn.project_out.weight', 0), shape(sd, b + 'ffn.project_out.weight', 1)))
+            norms.append(b + 'norm1.body.bias' in sd)
+    return dict(inp_channels=embed[1], out_channels=out[0], dim=dim,
+                num_blocks=[count(sd, f'{names[0]}.') for names in _LEVELS],
+                num_refinement_blocks=count(sd, 'refinement.'), heads=heads, ffn_expansion_factor=_ffn_factor(pairs),
+                bias='reduce_chan_level3.bias' in sd, LayerNorm_type='WithBias' if all(norms) else 'BiasFree',
+                dual_pixel_task='skip_conv.weight' in sd)
+
+
+def _sample(rng):
+    dim = rng.choice([4, 8])
+    dual = rng.random() < 0.25
+    c = rng.choice([1, 3])
+    return dict(inp_channels=6 if dual else c, out_channels=3 if dual else c, dim=dim,
+                num_blocks=[rng.randint(1, 2) for _ in range(4)], num_refinement_blocks=rng.randint(0, 2),
+                heads=[rng.choice([1, 2, 4]) for _ in range(4)], ffn_expansion_factor=rng.choice([2.66, 2, 1.5]),
+                bias=rng.random() < 0.5, LayerNorm_type=rng.choice(['WithBias', 'BiasFree']), dual_pixel_task=dual)
+
+
+_OFFICIAL = {'dim': 48, 'num_blocks': [4, 6, 6, 8], 'num_refinement_blocks': 4, 'heads': [1, 2, 4, 8],
+             'ffn_expansion_factor': 2.66, 'bias': False}
+
+# ``macs_g`` is ptflops' count, which leaves out the attention's two matrix products (q k^T and attn v, ~13.6 G at
+# 256x256); mmengine counts them.
+describe(Restormer, purpose='four-level U-Net of channel-attention transformer blocks (deblur, derain, denoise)',
+         tiny={'dim': 4, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 1, 1]},
+         detect=_detect, final_layer='output', size_multiple=lambda kwargs: 8, sample=_sample,
+         channels=lambda kw: (kw.get('inp_channels', 3), kw.get('out_channels', 3)),
+         assumed={'pad_mode': "'reflect' (how inputs are padded to a multiple of 8): no weights"}, configs=(
+             Config('Restormer (deblur, defocus, derain)', {**_OFFICIAL, 'LayerNorm_type': 'WithBias'}, 26_126_644,
+                    macs_g=141.24, macs_counter='ptflops',
+                    note='params: release; MACs: ptflops (Restormer paper Table 1: 140 G), excludes the attention '
+                         'products'),
+             Config('Restormer (colour/real denoise)', {**_OFFICIAL, 'LayerNorm_type': 'BiasFree'}, 26_111_668,
+                    note='params: release (BiasFree)'),
+             Config('Restormer (grey denoise)', {**_OFFICIAL, 'LayerNorm_type': 'BiasFree', 'inp_channels': 1,
+                                                 'out_channels': 1}, 26_109_076,
+                    note='params: release (BiasFree, 1 channel)'),
+             Config('Restormer (dual-pixel defocus)', {**_OFFICIAL, 'inp_channels': 6, 'dual_pixel_task': True},
+                    26_132_548, note='params: release (6 input channels, skip_conv)'),
+         ))

@@ -50,10 +50,9 @@ class LastStage(nn.Module):
 
 
 def registered_archs():
-    """Names of this package's architectures in ARCH_REGISTRY (the ``*Local`` TLC names excluded)."""
-    from basicsr.utils.registry import ARCH_REGISTRY
-    return sorted(name for name, obj in ARCH_REGISTRY
-                  if getattr(obj, '__module__', '').startswith('hinet_plugins.archs'))
+    """Names of this package's described networks (``hinet_plugins.archs.specs()``; the ``*Local`` names excluded)."""
+    from ..archs import specs
+    return list(specs())
 
 
 def tlc_layers(net):

@@ -7,7 +7,10 @@
     restorer = Restorer.load(arch='HINet', arch_opt={'wf': 32}, checkpoint='HINet-SIDD-0.5x.pth',
                              tlc={'train_size': 256, 'base_size': 384}, device='cuda', amp='fp16')
 
-- ``loading``: option file or arch + options + checkpoint -> network (release checkpoint formats, TLC).
+    restorer = Restorer.load(checkpoint='net_g_latest.pth')   # architecture read from the weights
+
+- ``loading``: option file, arch + options + checkpoint, or a checkpoint alone -> network (release checkpoint
+  formats, TLC, spandrel fallback).
 - ``restoring``: image arrays and tensors -> restored ones (tiling, x8 self-ensemble, amp).
 """
 from .loading import (build_net, input_channels, load_network, load_weights, network_spec,  # noqa: F401

@@ -6,7 +6,12 @@ Model sources, in the order they override each other:
    ``path.strict_load_g`` (default true) and ``val.tlc`` (read as validation reads it);
 2. ``arch`` (a registered name; replaces ``network_g`` unless it names the same type), ``arch_opt`` (keyword
    arguments added to ``network_g``), ``checkpoint``, ``param_key``, ``tlc`` (a mapping: train_size, base_size,
-   fast_imp).
+   fast_imp);
+3. only a ``checkpoint`` (no option file, no ``arch``): the architecture and every keyword that shapes the weights
+   are read from the state dict (``hinet_plugins.archs.detect``; ``arch_opt`` still applies on top, e.g. DRCNet's
+   ``preset``); what the weights cannot show is a stated default, named in the description. A checkpoint that fits
+   none of our networks goes to spandrel when that optional extra is installed
+   (``hinet_plugins.integrations.spandrel``), else it is a one-line ConfigError naming the closest networks.
 
 Release formats: the state_dict is ``ckpt[param_key]`` or the first of 'params', 'params_ema', 'state_dict',
 'model' that holds one (MPRNet's ``{'epoch', 'state_dict', 'optimizer'}`` files, BasicSR's EMA weights), or the
@@ -59,9 +64,11 @@ def network_spec(opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=
         tlc_opt = MultiStageRestorationModel.tlc_options(opt)
     if arch:
         net_opt = net_opt if net_opt is not None and net_opt.get('type') == arch else {'type': arch}
-    if net_opt is None:
-        raise ConfigError('give the model: an option file (-opt) or an architecture name (--arch) + checkpoint')
-    net_opt.update(arch_opt or {})
+    if net_opt is None and not checkpoint:
+        raise ConfigError('give the model: an option file (-opt), an architecture name (--arch) + checkpoint, or a '
+                          'checkpoint alone (--checkpoint: the architecture is read from its weights)')
+    if net_opt is not None:
+        net_opt.update(arch_opt or {})
     if tlc is False:
         tlc_opt = None
     elif tlc is not None:
@@ -77,7 +84,7 @@ def network_spec(opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=
     if tlc_opt is not None:
         tlc_opt = {k: tlc_opt.get(k) for k in TLC_KEYS}
     return {'network_g': net_opt, 'checkpoint': checkpoint or ckpt, 'param_key': param_key or key,
-            'strict': strict, 'tlc': tlc_opt}
+            'strict': strict, 'tlc': tlc_opt, 'arch_opt': dict(arch_opt or {})}
 
 
 def build_net(net_opt):
@@ -108,9 +115,10 @@ def read_checkpoint(path):
         raise ConfigError(f"checkpoint '{path}' cannot be loaded as a torch checkpoint: {reason}") from None
 
 
-def load_weights(net, path, param_key='params', strict=True, name=None):
-    """Load ``path`` into ``net`` (release formats, see the module doc); a mismatch lists the keys/shapes."""
-    loaded = read_checkpoint(path)
+def load_weights(net, path, param_key='params', strict=True, name=None, loaded=None):
+    """Load ``path`` into ``net`` (release formats, see the module doc); a mismatch lists the keys/shapes.
+    ``loaded``: the file's content when it was already read."""
+    loaded = read_checkpoint(path) if loaded is None else loaded
     state = unwrap_state_dict(loaded, param_key)
     if not state:
         raise ConfigError(f"checkpoint '{path}' holds no tensors under '{param_key}' (nor params, params_ema, "
@@ -141,13 +149,46 @@ def load_network(opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=
 
     ``require_checkpoint=False`` allows random weights when no checkpoint is given (export tests, benchmarks)."""
     spec = network_spec(opt, arch, arch_opt, checkpoint, param_key, tlc)
+    loaded, detected = None, ''
+    if spec['network_g'] is None:
+        loaded = read_checkpoint(spec['checkpoint'])
+        found = detect_network(loaded, spec['checkpoint'], spec['param_key'], given=spec['arch_opt'])
+        if not isinstance(found, dict):  # a network of another architecture family, loaded by spandrel
+            net, desc = found
+            return _finish(net, desc, spec, device)
+        spec['network_g'] = {**found, **spec['arch_opt']}
+        given = ', '.join(f'{k}={v}' for k, v in spec['arch_opt'].items())
+        detected = f" ({spec['network_g'].pop('_detected')}{'; given: ' + given if given else ''})"
     net = build_net(spec['network_g'])
     desc = spec['network_g']['type']
     if spec['checkpoint'] or require_checkpoint:
-        load_weights(net, spec['checkpoint'], spec['param_key'], spec['strict'], name=f"{desc} {spec['network_g']}")
-        desc += f" from '{spec['checkpoint']}'"
+        load_weights(net, spec['checkpoint'], spec['param_key'], spec['strict'], name=f"{desc} {spec['network_g']}",
+                     loaded=loaded)
+        desc += f" from '{spec['checkpoint']}'{detected}"
     else:
         desc += ' (random weights)'
+    return _finish(net, desc, spec, device)
+
+
+def detect_network(loaded, path, param_key='params', given=()):
+    """``network_g`` of the checkpoint's architecture (with ``'_detected'``: the detection's summary), or, when
+    none of ours fits and spandrel is installed, ``(network, description)`` from spandrel. Keywords in ``given``
+    are not listed as assumed."""
+    from ..archs import detection
+    from ..integrations import spandrel as spandrel_support
+    state = unwrap_state_dict(loaded, param_key)
+    try:
+        found = detection(state, source=f"checkpoint '{path}'")
+    except ConfigError as err:
+        if not state or not spandrel_support.available():
+            raise
+        return spandrel_support.load_state_dict(state, path, err)
+    for key in given:
+        found.assumed.pop(key, None)
+    return {**found.network_g, '_detected': found.summary()}
+
+
+def _finish(net, desc, spec, device):
     net.eval().to(device)
     if spec['tlc']:
         desc += '; ' + apply_tlc(net, spec['tlc'])

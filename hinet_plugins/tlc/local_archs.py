@@ -2,8 +2,9 @@
 
 ``network_g: {type: HINetLocal, base_size: 384, train_size: 256, fast_imp: false, <HINet kwargs>}`` is the
 TLC release's option-file interface; those files run unchanged. ``train_size`` defaults to 256 and also accepts the
-release's ``[N, C, H, W]`` form. The base arch is looked up when the network is built, not when this module is
-imported, so ``MPRNetLocal`` works whenever ``MPRNet`` is registered, and this module imports no arch module.
+release's ``[N, C, H, W]`` form. One name for every described network (``hinet_plugins.archs.specs()``,
+read when this module is imported, after ``archs``): a new arch file gets its ``*Local`` name without an edit here.
+The base arch is looked up when the network is built.
 The network keeps the base arch's class and parameter names, so the base arch's checkpoints load strictly.
 """
 from basicsr.utils import get_root_logger
@@ -12,7 +13,6 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from ..errors import ConfigError
 from .converter import convert
 
-BASE_ARCHS = ('HINet', 'HINetSimple', 'MPRNet', 'DRCNet', 'FCN', 'Restormer', 'NAFNet', 'Baseline')
 
 
 def _make_local(base):
@@ -33,5 +33,13 @@ def _make_local(base):
     return build
 
 
-for _base in BASE_ARCHS:
-    ARCH_REGISTRY.register(_make_local(_base))
+def register_local_names():
+    """Register ``<Name>Local`` for every described network that has none yet; returns the base names."""
+    from ..archs import specs
+    for base in specs():
+        if f'{base}Local' not in ARCH_REGISTRY:
+            ARCH_REGISTRY.register(_make_local(base))
+    return list(specs())
+
+
+register_local_names()

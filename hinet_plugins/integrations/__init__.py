@@ -1,0 +1,1 @@
+"""Bridges to other libraries (optional extras; each module imports its library only when called)."""
