@@ -17,5 +17,9 @@ setup(
         'onnx', 'onnxruntime',  # scripts/export.py: ONNX export and its check
         'bm3d',  # scripts/demo.py: the BM3D baseline column (hinet_plugins/data/demo_baselines.py)
     ],
-    extras_require={'test': ['pytest']},
+    extras_require={
+        'test': ['pytest'],
+        # scripts/webui.py (Python >= 3.10); selenium drives Debian's chromium in tests/test_webui.py
+        'webui': ['gradio; python_version >= "3.10"', 'selenium'],
+    },
 )
