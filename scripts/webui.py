@@ -54,7 +54,7 @@ def main(argv=None):
         print(note, flush=True)
     device = args.device if args.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
     print(f"{len(models)} model(s): {', '.join(m.label for m in models)}; device {device}", flush=True)
-    page = RestorePage(models, device, max_pixels=int(args.max_megapixels * 2**20))
+    page = RestorePage(models, device, max_pixels=int(args.max_megapixels * 1e6))
     try:
         page.launch(args.host, args.port)
     finally:

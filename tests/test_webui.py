@@ -78,7 +78,8 @@ def app(tmp_path_factory):
               'broken': save_model(root, 'broken', 2, opt=dict(NET, wf=8))}
     port = free_port()
     log = open(os.path.join(root, 'server.log'), 'w')
-    argv = [PY, os.path.join(REPO, 'scripts', 'webui.py'), '--port', str(port), '--device', 'cpu']
+    argv = [PY, os.path.join(REPO, 'scripts', 'webui.py'), '--port', str(port), '--device', 'cpu',
+            '--max-megapixels', '0.01']  # 'huge' starts above 10000 pixels
     for path in models.values():
         argv += ['-opt', path]
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
@@ -109,7 +110,7 @@ def browser(app, tmp_path_factory):
     downloads = str(tmp_path_factory.mktemp('downloads'))
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--window-size=1280,1500'):
+    for arg in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--window-size=1280,1900'):
         options.add_argument(arg)
     options.add_experimental_option('prefs', {'download.default_directory': downloads,
                                               'download.prompt_for_download': False})
@@ -170,6 +171,9 @@ def test_upload_choose_restore_download(app, browser, tmp_path):
     assert status.splitlines()[0].startswith('1 of 1 image(s) restored with HINet from') and 'tiny-b.pth' in status
     link = WebDriverWait(browser, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, '#downloads a[download]'))
     assert link.get_attribute('download') == 'astronaut_restored.png'
+    WebDriverWait(browser, 60).until(lambda d: d.execute_script(  # the slider shows input and result, loaded
+        "const i = document.querySelectorAll('#slider img');"
+        "return i.length >= 2 && Array.from(i).every(x => x.complete && x.naturalWidth === 96);"))
     shot = tmp_path / 'webui.png'
     browser.save_screenshot(str(shot))
     if os.environ.get('HINET_WEBUI_SCREENSHOT'):
@@ -194,16 +198,18 @@ def test_bad_uploads_and_a_failing_model_are_one_line_messages(app, browser, tmp
     (tmp_path / 'notes.png').write_text('this is not an image\n')
     (tmp_path / 'empty.png').write_bytes(b'')
     photo(tmp_path / 'good.png')
+    cv2.imwrite(str(tmp_path / 'huge.png'), np.zeros((128, 128, 3), np.uint8))
     open_page(browser, url)
-    upload(browser, 'images', [tmp_path / 'notes.png', tmp_path / 'empty.png', tmp_path / 'good.png'])
+    upload(browser, 'images', [tmp_path / n for n in ('notes.png', 'empty.png', 'huge.png', 'good.png')])
     choose_model(browser, 'tiny-a')
     status = restore(browser, 'notes.png')
-    assert status.splitlines() == ['1 of 3 image(s) restored with HINet from ' + status.split(' from ', 1)[1]
-                                   .splitlines()[0], 'notes.png: not an image (.png, .jpg, .jpeg, .bmp, .tif, '
-                                   '.tiff, .webp, .ppm, .pgm)', 'empty.png: the file is empty'], status
+    lines = status.splitlines()
+    assert lines[0].startswith('1 of 4 image(s) restored with HINet from') and lines[1:] == [
+        'notes.png: not an image (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp, .ppm, .pgm)',
+        'empty.png: the file is empty', 'huge.png: 128x128 is too large (at most 0.01 megapixels)'], status
     choose_model(browser, 'broken')
     status = restore(browser, "model 'broken'")
     assert len(status.splitlines()) == 1 and "checkpoint '" in status and 'does not fit' in status, status
     choose_model(browser, 'tiny-a')  # the server still serves
-    status = restore(browser, '1 of 3 image(s) restored with HINet')
+    status = restore(browser, '1 of 4 image(s) restored with HINet')
     assert 'tiny-a.pth' in status

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..restore import IMG_EXTS, decode_image, write_image
 
-MAX_PIXELS = 64 * 2**20  # larger uploads are refused (a 64-megapixel photo)
+MAX_PIXELS = 64 * 10**6  # larger uploads are refused (64 megapixels)
 
 
 class UploadError(ValueError):
@@ -38,14 +38,14 @@ def read_upload(path, max_pixels=MAX_PIXELS):
         raise UploadError(f'{name}: the file is empty')
     size = header_size(path)
     if size and size[0] * size[1] > max_pixels:
-        raise UploadError(f'{name}: {size[0]}x{size[1]} is too large (at most {max_pixels / 2**20:.0f} megapixels)')
+        raise UploadError(f'{name}: {size[0]}x{size[1]} is too large (at most {max_pixels / 1e6:g} megapixels)')
     with open(path, 'rb') as f:
         img = decode_image(f.read())
     if img is None:
         raise UploadError(f'{name}: not an image ({", ".join(IMG_EXTS)})')
     if img.shape[0] * img.shape[1] > max_pixels:
         raise UploadError(f'{name}: {img.shape[1]}x{img.shape[0]} is too large '
-                          f'(at most {max_pixels / 2**20:.0f} megapixels)')
+                          f'(at most {max_pixels / 1e6:g} megapixels)')
     if img.ndim == 3 and img.shape[2] not in (1, 3, 4):
         raise UploadError(f'{name}: {img.shape[2]} channels (expected gray, RGB or RGBA)')
     return img
@@ -100,9 +100,9 @@ def output_name(path):
 
 def restore_file(restorer, path, out_dir, gt_path=None, max_pixels=MAX_PIXELS):
     """Restore one upload into ``out_dir``: {'name', 'input', 'restored' (preview PNGs), 'file' (the download),
-    'psnr', 'ssim' (None without a ground truth)}. UploadError for a bad file; model errors are the caller's."""
+    'psnr', 'ssim' (None without a usable ground truth), 'note' (why the ground truth was not used, or None)}.
+    UploadError for a bad image file; model errors are the caller's."""
     img = read_upload(path, max_pixels)
-    gt = read_upload(gt_path, max_pixels) if gt_path else None
     out = restorer(img)
     name = output_name(path)
     target = os.path.join(out_dir, name)
@@ -115,5 +115,10 @@ def restore_file(restorer, path, out_dir, gt_path=None, max_pixels=MAX_PIXELS):
     for key, arr in (('input', img), ('restored', out)):
         shown[key] = os.path.join(out_dir, f'.{stem}.{key}.png')
         write_image(shown[key], preview(arr))
-    psnr, ssim = metrics(out, gt, os.path.basename(gt_path)) if gt is not None else (None, None)
-    return {'name': os.path.basename(path), 'file': target, 'psnr': psnr, 'ssim': ssim, **shown}
+    psnr = ssim = note = None
+    if gt_path:
+        try:
+            psnr, ssim = metrics(out, read_upload(gt_path, max_pixels), os.path.basename(gt_path))
+        except UploadError as err:
+            note = f'{err} (no PSNR/SSIM for {os.path.basename(path)})'
+    return {'name': os.path.basename(path), 'file': target, 'psnr': psnr, 'ssim': ssim, 'note': note, **shown}

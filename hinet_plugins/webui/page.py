@@ -73,6 +73,8 @@ class RestorePage:
                 progress((i, len(files)), desc=f'restoring {os.path.basename(path)}', unit='image')
             try:
                 results.append(restore_file(restorer, path, out_dir, pairs.get(path), self.max_pixels))
+                if results[-1]['note']:
+                    lines.append(results[-1]['note'])
             except UploadError as err:
                 lines.append(str(err))
             except Exception as err:  # noqa: BLE001  (the model failed on this image: say so, go on)
@@ -109,7 +111,8 @@ class RestorePage:
                     button = gr.Button('Restore', variant='primary', elem_id='run')
             status = gr.Textbox(label='Status', lines=2, interactive=False, elem_id='status')
             shown = gr.Dropdown([], label='Shown image', elem_id='shown')
-            slider = gr.ImageSlider(label='Input | restored', type='filepath', format='png', elem_id='slider')
+            slider = gr.ImageSlider(label='Input | restored', type='filepath', format='png', max_height=420,
+                                    elem_id='slider')
             scores = gr.Markdown(elem_id='metrics')
             downloads = gr.File(label='Restored files', file_count='multiple', interactive=False,
                                 elem_id='downloads')
