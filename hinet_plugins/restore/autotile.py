@@ -6,10 +6,10 @@ Budget (``memory_budget``: bytes or a size such as '2GB', '1.5GiB', '512MB'; by 
 It bounds what restoring adds to the process (weights and libraries are already loaded): the image-sized buffers
 (input, output, blending weights, ensemble sum: ``IMAGE_BYTES`` per pixel) + the network's forward on one tile.
 
-The forward's memory is measured once per network and setting with two small forwards and fitted as
-``fixed + per_pixel * pixels``: on CUDA by ``max_memory_allocated``; on Linux CPUs by the peak RSS (VmHWM, reset
-through /proc/self/clear_refs after freed heap is returned with malloc_trim); elsewhere it is bounded from above
-by the sum of the leaf modules' outputs. Tiles are multiples of ``TILE_STEP`` and run one at a time; 90 % of the
+The forward's memory is measured once per network and setting with small forwards (the first one's one-off
+costs count in ``fixed``) and fitted as ``fixed + per_pixel * pixels``: on CUDA by ``max_memory_allocated``; on
+Linux CPUs by the peak RSS (VmHWM, reset through /proc/self/clear_refs after freed heap is returned with
+malloc_trim); elsewhere it is bounded from above by the sum of the leaf modules' outputs. Tiles are multiples of ``TILE_STEP`` and run one at a time; 90 % of the
 room is used (``SAFETY``) for what the linear fit misses (padding to the nets' multiples, allocator slack).
 """
 import ctypes
@@ -136,16 +136,17 @@ def measure_forward(net, device, channels, amp=None, batch=1):
     """(fixed bytes, bytes per pixel) of one forward of ``batch`` x ``channels`` images (see the module doc)."""
     device = torch.device(device)
     run = _Forward(net, amp)
-    peaks = []
-    for i, side in enumerate(PROBES):
+    peak = _cuda_peak if device.type == 'cuda' else _cpu_peak
+    peaks, first = [], None
+    for side in PROBES:
         x = torch.rand(batch, channels, side, side, device=device)
-        if i == 0:
-            run(x)  # warm-up: lazy initialisations and workspaces are not per-pixel costs
-        peaks.append(_cuda_peak(run, x) if device.type == 'cuda' else _cpu_peak(run, x))
+        if first is None:  # lazy initialisations and workspaces: paid once, by the first image
+            first = peak(run, x)
+        peaks.append(peak(run, x))
         del x
     (s0, p0), (s1, p1) = zip(PROBES, peaks)
     per_pixel = max((p1 - p0) / (s1 * s1 - s0 * s0), p1 / (s1 * s1) / 4, 1.0)
-    fixed = max(p1 - per_pixel * s1 * s1, 0.0)
+    fixed = max(p1 - per_pixel * s1 * s1, first - per_pixel * s0 * s0, 0.0)
     return fixed, per_pixel
 
 
