@@ -9,8 +9,9 @@ It bounds what restoring adds to the process (weights and libraries are already 
 The forward's memory is measured once per network and setting with small forwards (the first one's one-off
 costs count in ``fixed``) and fitted as ``fixed + per_pixel * pixels``: on CUDA by ``max_memory_allocated``; on
 Linux CPUs by the peak RSS (VmHWM, reset through /proc/self/clear_refs after freed heap is returned with
-malloc_trim); elsewhere it is bounded from above by the sum of the leaf modules' outputs. Tiles are multiples of ``TILE_STEP`` and run one at a time; 90 % of the
-room is used (``SAFETY``) for what the linear fit misses (padding to the nets' multiples, allocator slack).
+malloc_trim); elsewhere it is bounded from above by the sum of the leaf modules' outputs. Tiles are multiples
+of ``TILE_STEP`` and run one at a time; 90 % of the room is used (``SAFETY``) for what the linear fit misses
+(padding to the nets' multiples, allocator slack).
 """
 import ctypes
 import math
