@@ -22,10 +22,10 @@ from hinet_plugins.webui.models import can_detect
 NET = {'type': 'HINet', 'wf': 4, 'depth': 3}
 
 
-def save_model(folder, name, seed=0, opt=NET):
+def save_model(folder, name, seed=0, opt=NET, built=NET):
     torch.manual_seed(seed)
     ckpt = os.path.join(folder, f'{name}.pth')
-    torch.save({'params': build_network(dict(NET)).state_dict()}, ckpt)
+    torch.save({'params': build_network(dict(built)).state_dict()}, ckpt)
     path = os.path.join(folder, f'{name}.yml')
     with open(path, 'w') as f:
         yaml.safe_dump({'network_g': dict(opt), 'path': {'pretrain_network_g': ckpt}}, f)
@@ -35,8 +35,9 @@ def save_model(folder, name, seed=0, opt=NET):
 @pytest.fixture(scope='module')
 def page(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('models'))
-    models, _ = find_models([save_model(root, 'tiny'), save_model(root, 'broken', opt=dict(NET, wf=8))],
-                            test_options=None)
+    two = dict(NET, in_chn=2)  # loads, then fails on every image (2 input channels)
+    models, _ = find_models([save_model(root, 'tiny'), save_model(root, 'broken', opt=dict(NET, wf=8)),
+                             save_model(root, 'two', opt=two, built=two)], test_options=None)
     page = RestorePage(models, 'cpu', max_pixels=100 * 100, work_dir=str(tmp_path_factory.mktemp('work')))
     page.option_file = os.path.join(root, 'tiny.yml')
     return page
@@ -105,6 +106,12 @@ def test_bad_uploads_and_choices_are_one_line_messages(page, tmp_path):
         tlc = args[3] if len(args) > 3 else False
         lines, results = page.run(args[0], args[1], args[2], tlc, 0, False, 'none', 'auto')
         assert results == [] and len(lines) == 1 and lines[0].startswith(message), lines
+    calls = []
+    lines, results = page.run([files[3], files[3]], None, 'two', False, 0, False, 'none', 'auto',
+                              progress=lambda done, **kw: calls.append((done, kw.get('desc'))))
+    assert results == [] and lines[0].startswith('0 of 2 image(s) restored with HINet') and lines[1:] == [
+        "good.png: model 'two' failed: the network takes 2 input channels; only 1 or 3 are supported here"] * 2
+    assert calls == [((0, 2), 'restoring good.png'), ((1, 2), 'restoring good.png')], calls
     lines, _ = page.run([files[3]], None, 'tiny', False, 0, False, 'none', 'big')
     assert lines == ["model 'tiny': tile: expected auto, a size in pixels or nothing (whole image), got 'big'"]
     lines, results = page.run([files[3]], None, 'tiny', True, 32, False, 'none', 'auto')  # TLC with a size
