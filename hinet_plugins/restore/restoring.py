@@ -157,8 +157,9 @@ def restore_image(net, img, device='cpu', channel_order='rgb', **kw):
 class Restorer:
     """A loaded network with its restoring settings; ``restorer(image)`` restores an array (``restore_image``).
 
-    ``tile='auto'``: see ``autotile`` (``memory_budget`` overrides the measured free memory); ``last_plan`` then
-    holds the last image's {'tile', 'budget', 'estimate', 'retries'}. ``progress``: a tqdm bar over the tiles.
+    ``tile='auto'``: see ``autotile`` (``memory_budget``, bytes once parsed and free to change between images,
+    overrides the free memory); ``last_plan`` then holds the last image's {'tile', 'budget', 'estimate',
+    'retries'}. ``progress``: a tqdm bar over the tiles.
 
     >>> r = Restorer.load(opt='options/test/HINet-SIDD.yml', tile='auto', amp='bf16')   # doctest: +SKIP
     >>> clean = r(noisy_rgb_uint8)                                                      # doctest: +SKIP
