@@ -2,6 +2,7 @@
 the largest tile that fits the memory budget otherwise, half the tile after an out-of-memory error, budget and
 tile mistakes as one-line errors."""
 import os
+import re
 
 import cv2
 import numpy as np
@@ -101,6 +102,7 @@ def test_cli_tile_auto(tmp_path, ckpt):
                      '--tile', 'auto', '--memory-budget', '20MB'])
     assert code == 0 and 'small.png: 48x64, whole image' in log and 'large.png: 288x320, tile ' in log, log
     assert 'MiB of a 19 MiB budget' in log, log
+    assert re.search(r'tiles \d+x\d+: +\d+%', log) and re.search(r'restore: 100%.* 2/2', log), log  # tqdm bars
     for name in ('small.png', 'large.png'):
         a = cv2.imread(str(tmp_path / 'roomy' / name)).astype(np.float32)
         b = cv2.imread(str(tmp_path / 'tight' / name)).astype(np.float32)
