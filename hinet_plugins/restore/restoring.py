@@ -210,14 +210,15 @@ class Restorer:
                 smaller = autotile.halve_tile(tile, h, w, self.overlap) if self.tile == 'auto' else None
                 if smaller is None:
                     raise
-                if self.device.type == 'cuda':
-                    torch.cuda.empty_cache()
-                tried = f'tile {tile}' if tile else 'the whole image'
-                message = (f'{self.device.type.upper()} out of memory with {tried} ({w}x{h}); '
-                           f'retrying with tile {smaller}')
-                tqdm.write(f'hinet_plugins: {message}', file=sys.stderr)
-                self.last_plan['retries'].append(message)
-                self.last_plan['tile'] = tile = smaller
+            # out of the except block: the failed attempt's frames (and their tensors) are released
+            if self.device.type == 'cuda':
+                torch.cuda.empty_cache()
+            tried = f'tile {tile}' if tile else 'the whole image'
+            message = (f'{self.device.type.upper()} out of memory with {tried} ({w}x{h}); '
+                       f'retrying with tile {smaller}')
+            tqdm.write(f'hinet_plugins: {message}', file=sys.stderr)
+            self.last_plan['retries'].append(message)
+            self.last_plan['tile'] = tile = smaller
 
     def restore_tensor(self, x):
         x = x.to(self.device)
