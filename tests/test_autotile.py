@@ -115,3 +115,19 @@ def test_cli_tile_auto(tmp_path, ckpt):
         lines = [line for line in log.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and message in lines[0], log
         assert lines[0].startswith('hinet_plugins: error: ') and not os.path.exists(tmp_path / 'err')
+
+
+def test_without_proc_the_forward_is_bounded_by_its_leaf_outputs(monkeypatch):
+    """Where /proc/self cannot be read (not Linux), the per-pixel cost is the sum of the leaf modules' outputs:
+    above the measured one, so tiles get smaller, never larger."""
+    from hinet_plugins.restore import autotile
+    img = photo(200, 232)
+    measured = Restorer(tiny_net(), tile='auto', memory_budget='8GB', progress=False)
+    measured(img)
+
+    def no_proc(field):
+        raise OSError(field)
+    monkeypatch.setattr(autotile, '_status_kib', no_proc)
+    bounded = Restorer(tiny_net(), tile='auto', memory_budget='8GB', progress=False)
+    assert np.array_equal(bounded(img), measured(img))
+    assert bounded.last_plan['estimate'] > measured.last_plan['estimate'], (bounded.last_plan, measured.last_plan)
