@@ -1,8 +1,8 @@
 """scripts/webui.py in a real browser (headless Chromium from the Debian packages, driven by selenium): upload a
 photo, choose a model, restore, download; the download equals ``Restorer`` on the same image bit for bit. Bad
-uploads and a model that fails to load give one-line messages and the server keeps serving. Without gradio or
-selenium (Python < 3.10, no ``.[webui]``) the tests are skipped; Chromium is installed with apt when missing and
-the process may (root), else they are skipped saying so. With ``HINET_WEBUI_SCREENSHOT=path.png`` the page after a
+uploads and a model that fails to load give one-line messages and the server keeps serving; the page loads
+nothing from outside the server. Without gradio or selenium (Python < 3.10, no ``.[webui]``) the tests are
+skipped; Chromium is installed with apt when missing and the process may (root), else they are skipped saying so. With ``HINET_WEBUI_SCREENSHOT=path.png`` the page after a
 run is saved there (how docs/webui.png is made); it is always saved under the test's tmp folder."""
 import os
 import shutil
@@ -178,6 +178,9 @@ def test_upload_choose_restore_download(app, browser, tmp_path):
     browser.save_screenshot(str(shot))
     if os.environ.get('HINET_WEBUI_SCREENSHOT'):
         shutil.copyfile(shot, os.environ['HINET_WEBUI_SCREENSHOT'])
+    fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    outside = [u for u in fetched if not u.startswith((url, 'data:', 'blob:'))]
+    assert fetched and not outside, outside  # the page loads nothing from the internet (assets, fonts)
     link.click()
     target = os.path.join(browser.downloads, 'astronaut_restored.png')
     WebDriverWait(browser, 60).until(lambda d: os.path.isfile(target) and os.path.getsize(target) > 0
