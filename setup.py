@@ -17,7 +17,13 @@ setup(
         'onnx', 'onnxruntime',  # scripts/export.py: ONNX export and its check
         'bm3d',  # scripts/demo.py: the BM3D baseline column (hinet_plugins/data/demo_baselines.py)
     ],
-    extras_require={'test': ['pytest'],
-                    # Python >= 3.10: hinet_plugins.integrations.spandrel (loading any checkpoint, both ways)
-                    'spandrel': ['spandrel', 'spandrel-extra-arches']},
+    extras_require={
+        'test': ['pytest'],
+        # scripts/webui.py (Python >= 3.10); selenium drives Debian's chromium in tests/test_webui.py
+        'webui': ['gradio; python_version >= "3.10"', 'selenium'],
+        # Python >= 3.10: hinet_plugins.integrations.spandrel (loading any checkpoint, both ways)
+        'spandrel': ['spandrel', 'spandrel-extra-arches'],
+        # logger.wandb (offline runs too): tests/test_several_machines.py reads an offline run back
+        'wandb': ['wandb'],
+    },
 )

@@ -14,10 +14,22 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip install -q torch==2.14.1 torchvision==0.29.1
   # basicsr's setup.py imports torch at build time: build it against the torch just installed
   pip install -q --no-build-isolation basicsr==1.4.2
-  pip install -q --no-build-isolation -e '.[test]'
-  # optional extra (spandrel needs Python >= 3.10; the core and its tests run without it)
+  pip install -q --no-build-isolation -e '.[test,wandb]'
+  # the web page (gradio) and spandrel extras need Python >= 3.10; without them their tests are skipped
   if .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
-    pip install -q --no-build-isolation -e '.[spandrel]'
+    pip install -q --no-build-isolation -e '.[test,wandb,webui,spandrel]'
   fi
   echo "$want" > "$stamp"
+fi
+# tests/test_webui.py drives Debian's chromium + chromedriver: installed when missing and this runs as root
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing chromium and chromium-driver (apt-get) for the browser test ..."
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+      || echo "[setup] could not install chromium: tests/test_webui.py will be skipped" >&2
+  else
+    echo "[setup] chromium/chromedriver missing (apt-get install chromium chromium-driver, as root):" \
+         "tests/test_webui.py will be skipped" >&2
+  fi
 fi

@@ -335,3 +335,35 @@ def test_inference_with_amp_fp16_on_cuda(tmp_path):
     diff = np.abs(outs['fp16'] - outs['cpu'])
     assert diff.mean() <= 2e-3 and diff.max() <= 2e-2, (diff.mean(), diff.max())
     assert not np.array_equal(outs['fp16'], outs['cuda'])
+
+
+def test_auto_tile_on_cuda_fits_the_budget_and_halves_after_out_of_memory():
+    """``Restorer(tile='auto')`` on CUDA: with a 512 MB budget a 2048x2048 image is tiled and the memory it adds
+    (``max_memory_allocated``) stays within the budget; with a budget far above the GPU's memory the whole image
+    is tried, runs out of memory, and the tile is halved until it fits (said on stderr and in ``last_plan``)."""
+    from hinet_plugins.restore import Restorer
+    torch.manual_seed(0)
+    net = build_network(dict(NET, wf=32)).eval().cuda()  # ~ 2 KB per pixel: the large image below stays < 16k
+    img = np.random.default_rng(0).integers(0, 256, (2048, 2048, 3), dtype=np.uint8)
+    r = Restorer(net, 'cuda', tile='auto', memory_budget='512MB', progress=False)
+    r(img[:256, :256])  # measures the network (and pays the one-off costs) before the peak is reset
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = r(img)
+    added = torch.cuda.max_memory_allocated() - base
+    assert r.last_plan['tile'] is not None and out.shape == img.shape
+    assert added <= 512 * 10**6, (added, r.last_plan)
+    # a side whose whole-image forward needs about twice the GPU's memory
+    per_pixel = r._costs[(3, 1)][1]
+    total = torch.cuda.get_device_properties(0).total_memory
+    side = min(int((2 * total / per_pixel) ** 0.5) // 64 * 64, 24576)
+    big = np.random.default_rng(1).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    r.memory_budget = 100 * total
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        out = r(big)
+    assert out.shape == big.shape and r.last_plan['retries'], (side, r.last_plan)
+    assert r.last_plan['retries'][0].startswith(f'CUDA out of memory with the whole image ({side}x{side}); '
+                                                f'retrying with tile {side // 2 // 32 * 32}'), r.last_plan
+    assert 'hinet_plugins: CUDA out of memory with the whole image' in buf.getvalue()

@@ -12,7 +12,7 @@ import torch
 from conftest import PY, REPO, base_options, run_launcher, tree, write_options
 from hinet_plugins.basicsr_ext.compat import STATE_GLOBALS, read_training_state
 from hinet_plugins.restore import Restorer
-from hinet_plugins.restore.image_files import apply_orientation, read_image
+from hinet_plugins.restore.imagefiles import apply_orientation, read_image
 
 NET = {'type': 'HINet', 'wf': 4, 'depth': 3}
 
@@ -235,7 +235,7 @@ def test_exif_orientation_is_applied(tmp_path, checkpoint, orientation):
 
 @pytest.mark.parametrize('dtype', [np.uint8, np.uint16])
 def test_gray_alpha_stays_gray_alpha(tmp_path, checkpoint, dtype):
-    from hinet_plugins.restore.image_files import write_image
+    from hinet_plugins.restore.imagefiles import write_image
     top = np.iinfo(dtype).max
     rng = np.random.default_rng(1)
     la = np.stack([rng.integers(0, top, (18, 22)), rng.integers(0, top, (18, 22))], -1).astype(dtype)

@@ -10,18 +10,23 @@ Integer outputs are rounded (``round(clamp(y, 0, 1) * max)``: what basicsr's ``t
 Choices:
 - ``tile``: overlapping ``tile`` x ``tile`` crops merged with linear blending weights in the overlaps
   (``utils.tiling.tiled_forward``); instance-normalised nets see per-tile statistics, so tiles are close to, not
-  equal to, the whole-image result.
+  equal to, the whole-image result. ``Restorer(tile='auto')`` picks, per image, the whole image or the largest
+  tile that fits ``memory_budget`` (``autotile``), and on a CUDA out-of-memory error retries with half the tile.
 - ``self_ensemble``: the x8 geometric ensemble (4 rotations x horizontal flip); each prediction is mapped back
   and the eight are averaged (arithmetic mean, as in the HINet/MPRNet-era test scripts).
 - ``amp``: 'bf16' (CPU or GPU) or 'fp16' (GPU only) autocast of the forward; outputs are cast back to float32
   before the ensemble average and the clamp. Anything else (or fp16 without a GPU) is a ConfigError.
 """
+import sys
+
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..errors import ConfigError
 from ..models.speed import AMP_DTYPES, OFF, autocast
-from ..utils.tiling import tiled_forward
+from ..utils.tiling import tile_boxes, tiled_forward
+from . import autotile
 from .loading import input_channels, load_network
 
 SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -42,12 +47,17 @@ def amp_dtype(amp, device, key='amp'):
     return dtype
 
 
-def check_tile(tile, overlap, names=('tile', 'tile overlap')):
-    """``tile`` None (whole image) or a positive size; ``overlap`` in 0..tile - 1."""
+def check_tile(tile, overlap, names=('tile', 'tile overlap'), allow_auto=False):
+    """``tile`` None (whole image), a positive size (or 'auto' if ``allow_auto``); ``overlap`` in 0..tile - 1."""
     if tile is None:
         return
+    if allow_auto and tile == 'auto':
+        if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 0:
+            raise ConfigError(f'{names[1]} must be a non-negative number of pixels, got {overlap!r}')
+        return
     if not isinstance(tile, int) or isinstance(tile, bool) or tile <= 0:
-        raise ConfigError(f'{names[0]}: the tile size must be positive, got {tile!r}')
+        raise ConfigError(f'{names[0]}: the tile size must be positive, got {tile!r}'
+                          + (" (or 'auto')" if allow_auto else ''))
     if not isinstance(overlap, int) or not 0 <= overlap < tile:
         raise ConfigError(f'{names[1]} must be in 0..{tile - 1} (smaller than the tile size), got {overlap!r}')
 
@@ -69,21 +79,35 @@ def last_output(out):
     return out[-1] if isinstance(out, (list, tuple)) else out
 
 
-def restore_tensor(net, x, tile=None, overlap=32, self_ensemble=False, amp=None):
+def restore_tensor(net, x, tile=None, overlap=32, self_ensemble=False, amp=None, batch=8, progress=False):
     """N x C x H x W in [0, 1] -> the last stage's output (float32), tiled and/or x8 self-ensembled.
 
-    ``amp`` is a torch dtype (see ``amp_dtype``) or None."""
+    ``amp`` is a torch dtype (see ``amp_dtype``) or None; ``batch`` crops run at once; ``progress`` shows a tqdm
+    bar over the crops when the image is cut into several."""
     check_tile(tile, overlap)
+    crops = len(tile_boxes(x.shape[-2], x.shape[-1], tile, overlap)[2]) if tile else 1
+    bar = tqdm(total=crops * (8 if self_ensemble else 1), unit='tile', desc=f'tiles {tile}x{tile}', leave=False,
+               file=sys.stderr) if progress and crops > 1 else None
 
     def forward(t):
         with autocast(t.device.type, amp):
-            out = tiled_forward(net, t, tile, overlap=overlap) if tile else last_output(net(t))
+            out = (tiled_forward(net, t, tile, overlap=overlap, batch=batch, on_batch=bar and bar.update) if tile
+                   else last_output(net(t)))
         return out.float()
 
-    with torch.no_grad():
-        if not self_ensemble:
-            return forward(x)
-        return sum(inv(forward(fwd(x))) for fwd, inv in ensemble_transforms()) / 8
+    try:
+        with torch.no_grad():
+            if not self_ensemble:
+                return forward(x)
+            total = None
+            for fwd, inv in ensemble_transforms():
+                y = inv(forward(fwd(x)))
+                total = y if total is None else total.add_(y)
+                del y
+            return total.div_(8)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _pixel_scale(img):
@@ -141,32 +165,78 @@ def restore_image(net, img, device='cpu', channel_order='rgb', **kw):
 class Restorer:
     """A loaded network with its restoring settings; ``restorer(image)`` restores an array (``restore_image``).
 
-    >>> r = Restorer.load(opt='options/test/HINet-SIDD.yml', tile=512, amp='bf16')   # doctest: +SKIP
-    >>> clean = r(noisy_rgb_uint8)                                                    # doctest: +SKIP
+    ``tile='auto'``: see ``autotile`` (``memory_budget``, bytes once parsed and free to change between images,
+    overrides the free memory); ``last_plan`` then holds the last image's {'tile', 'budget', 'estimate',
+    'retries'}. ``progress``: a tqdm bar over the tiles.
+
+    >>> r = Restorer.load(opt='options/test/HINet-SIDD.yml', tile='auto', amp='bf16')   # doctest: +SKIP
+    >>> clean = r(noisy_rgb_uint8)                                                      # doctest: +SKIP
     """
 
     def __init__(self, net, device='cpu', tile=None, overlap=32, self_ensemble=False, amp=None,
-                 channel_order='rgb', description=None):
+                 channel_order='rgb', description=None, memory_budget=None, progress=True):
         self.net, self.device = net, torch.device(device)
         self.amp = amp_dtype(amp, self.device)
-        check_tile(tile, overlap)
+        check_tile(tile, overlap, allow_auto=True)
+        self.memory_budget = autotile.parse_budget(memory_budget)
         self.tile, self.overlap, self.self_ensemble = tile, overlap, self_ensemble
-        self.channel_order = channel_order
+        self.channel_order, self.progress = channel_order, progress
         self.description = description or type(net).__name__
+        self.last_plan, self._costs = None, {}
 
     @classmethod
     def load(cls, opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=None, tlc=None, device='cpu',
              **settings):
         """Build + load (``loading.load_network``), then wrap with ``settings`` (tile, overlap, self_ensemble,
-        amp, channel_order)."""
-        if 'amp' in settings:  # a bad amp value fails before the network is built
+        amp, channel_order, memory_budget, progress)."""
+        if 'amp' in settings:  # bad settings fail before the network is built
             amp_dtype(settings['amp'], device)
+        check_tile(settings.get('tile'), settings.get('overlap', 32), allow_auto=True)
+        autotile.parse_budget(settings.get('memory_budget'))
         net, desc = load_network(opt, arch, arch_opt, checkpoint, param_key, tlc, device)
         return cls(net, device, description=desc, **settings)
 
+    def plan(self, h, w, batch=1):
+        """The tile for ``batch`` h x w images: the fixed one, or with 'auto' the whole image (None) or a side."""
+        if self.tile != 'auto':
+            return self.tile
+        key = (input_channels(self.net), batch)
+        if key not in self._costs:
+            self._costs[key] = autotile.measure_forward(self.net, self.device, key[0], self.amp, batch)
+        budget = self.memory_budget or autotile.available_memory(self.device)
+        tile, estimate = autotile.plan_tile(h, w, self._costs[key], budget, self.overlap, self.self_ensemble)
+        self.last_plan = {'tile': tile, 'budget': budget, 'estimate': estimate, 'retries': []}
+        return tile
+
+    def _run(self, h, w, batch, call):
+        """``call(tile, crops_at_once)`` with the planned tile; with 'auto', out of memory -> half the tile."""
+        tile = self.plan(h, w, batch)
+        while True:
+            try:
+                return call(tile, 1 if self.tile == 'auto' else 8)
+            except torch.OutOfMemoryError:
+                smaller = autotile.halve_tile(tile, h, w, self.overlap) if self.tile == 'auto' else None
+                if smaller is None:
+                    raise
+            # out of the except block: the failed attempt's frames (and their tensors) are released
+            if self.device.type == 'cuda':
+                torch.cuda.empty_cache()
+            tried = f'tile {tile}' if tile else 'the whole image'
+            message = (f'{self.device.type.upper()} out of memory with {tried} ({w}x{h}); '
+                       f'retrying with tile {smaller}')
+            tqdm.write(f'hinet_plugins: {message}', file=sys.stderr)
+            self.last_plan['retries'].append(message)
+            self.last_plan['tile'] = tile = smaller
+
     def restore_tensor(self, x):
-        return restore_tensor(self.net, x.to(self.device), self.tile, self.overlap, self.self_ensemble, self.amp)
+        x = x.to(self.device)
+        return self._run(x.shape[-2], x.shape[-1], x.shape[0], lambda tile, batch: restore_tensor(
+            self.net, x, tile, self.overlap, self.self_ensemble, self.amp, batch, self.progress))
 
     def __call__(self, img):
-        return restore_image(self.net, img, self.device, self.channel_order, tile=self.tile, overlap=self.overlap,
-                             self_ensemble=self.self_ensemble, amp=self.amp)
+        img = np.asarray(img)
+        colour = img.ndim == 3 and img.shape[2] > 1
+        batch = 3 if colour and self.tile == 'auto' and input_channels(self.net) == 1 else 1
+        return self._run(img.shape[0], img.shape[1], batch, lambda tile, crops: restore_image(
+            self.net, img, self.device, self.channel_order, tile=tile, overlap=self.overlap,
+            self_ensemble=self.self_ensemble, amp=self.amp, batch=crops, progress=self.progress))

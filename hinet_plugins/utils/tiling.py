@@ -26,18 +26,24 @@ def _blend_window(tile_h, tile_w, overlap, device, dtype):
     return ramp(tile_h)[:, None] * ramp(tile_w)[None, :]
 
 
-def tiled_forward(fn, img, tile, overlap=32, batch=8, blend=True):
+def tile_boxes(h, w, tile, overlap):
+    """(tile height, tile width, [(y, x) origins]) of the crops ``tiled_forward`` runs on an h x w image."""
+    th, tw = min(tile, h), min(tile, w)
+    stride_h, stride_w = max(th - overlap, 1), max(tw - overlap, 1)
+    return th, tw, [(y, x) for y in tile_origins(h, th, stride_h) for x in tile_origins(w, tw, stride_w)]
+
+
+def tiled_forward(fn, img, tile, overlap=32, batch=8, blend=True, on_batch=None):
     """Apply ``fn`` (N,C,h,w -> N,C,h,w) to overlapping ``tile``x``tile`` crops of ``img`` and merge them.
 
     ``fn`` may return a list of stage outputs; the last is used. Crops are run ``batch`` at a time. With
     ``blend=False`` overlapping predictions are averaged uniformly (what HINet's release ``grids`` does).
+    ``on_batch(k)`` is called after each batch of ``k`` crops (progress bars).
     """
     if overlap >= tile:
         raise ValueError(f'tile overlap ({overlap}) must be smaller than the tile size ({tile})')
     n, c, h, w = img.shape
-    th, tw = min(tile, h), min(tile, w)
-    stride_h, stride_w = max(th - overlap, 1), max(tw - overlap, 1)
-    boxes = [(y, x) for y in tile_origins(h, th, stride_h) for x in tile_origins(w, tw, stride_w)]
+    th, tw, boxes = tile_boxes(h, w, tile, overlap)
     out = None
     weight = torch.zeros(1, 1, h, w, device=img.device, dtype=torch.float32)
     win = (_blend_window(th, tw, overlap, img.device, torch.float32) if blend
@@ -54,4 +60,6 @@ def tiled_forward(fn, img, tile, overlap=32, batch=8, blend=True):
         for j, (y, x) in enumerate(chunk):
             out[:, :, y:y + th, x:x + tw] += pred[j * n:(j + 1) * n] * win
             weight[:, :, y:y + th, x:x + tw] += win
-    return (out / weight).to(img.dtype)
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return out.div_(weight).to(img.dtype)

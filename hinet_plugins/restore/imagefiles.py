@@ -1,4 +1,5 @@
-"""Image files in and out of ``Restorer`` as the user's viewer shows them, never written over an input.
+"""Image files in and out of ``Restorer`` as the user's viewer shows them, never written over an input; shared by
+``scripts/inference.py`` and the web page.
 
 Reading: cv2 ``IMREAD_UNCHANGED`` (8/16-bit, float TIFF, alpha kept), then the EXIF orientation is applied, so
 the restored file (written without EXIF) shows the way the input shows. Gray + alpha files, which cv2 expands to
@@ -14,14 +15,21 @@ import zlib
 import cv2
 import numpy as np
 
+IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 EXIF_ORIENTATION = 0x0112
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def _opened(source):
+    """A path, or the file's bytes, for PIL."""
+    import io
+    return io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
 
 
 def _orientation(path):
     from PIL import Image
     try:
-        with Image.open(path) as im:
+        with Image.open(_opened(path)) as im:
             return int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
     except Exception:  # noqa: BLE001  (no EXIF, or a format PIL cannot open: cv2 decoded it, keep it as is)
         return 1
@@ -49,12 +57,15 @@ def apply_orientation(img, orientation):
 def _is_gray_alpha(path):
     """True for a gray + alpha PNG (IHDR colour type 4) or another file PIL reads as 'LA'."""
     try:
-        with open(path, 'rb') as f:
-            head = f.read(26)
+        if isinstance(path, (bytes, bytearray)):
+            head = bytes(path[:26])
+        else:
+            with open(path, 'rb') as f:
+                head = f.read(26)
         if head[:8] == PNG_SIGNATURE:
             return head[25] == 4
         from PIL import Image
-        with Image.open(path) as im:
+        with Image.open(_opened(path)) as im:
             return im.mode in ('LA', 'La')
     except Exception:  # noqa: BLE001
         return False
@@ -64,6 +75,17 @@ def read_image(path):
     """H x W (gray), H x W x 2 (gray + alpha), H x W x 3 (BGR) or H x W x 4 (BGRA) in the file's dtype, turned
     upright by its EXIF orientation; None when cv2 cannot decode the file."""
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    return _as_shown(img, path)
+
+
+def decode_image(data):
+    """``read_image`` for the bytes of a file (an upload); None when they are not an image cv2 can read."""
+    if not data:
+        return None
+    return _as_shown(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), bytes(data))
+
+
+def _as_shown(img, path):
     if img is None:
         return None
     if img.ndim == 3 and img.shape[2] == 4 and _is_gray_alpha(path):
@@ -85,7 +107,8 @@ def _png_gray_alpha_16(img):
         _png_chunk(b'IEND', b'')
 
 
-def _encode(img, ext):
+def encode_image(img, ext):
+    """``img`` (as ``read_image`` returns) encoded in the format of ``ext`` ('.png', ...); ValueError if it cannot."""
     if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
         if img.dtype == np.uint16 and ext == '.png':
             return _png_gray_alpha_16(img)
@@ -96,7 +119,10 @@ def _encode(img, ext):
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(img), 'LA').save(buf, format=Image.registered_extensions().get(ext, 'PNG'))
         return buf.getvalue()
-    ok, buf = cv2.imencode(ext, img)
+    try:
+        ok, buf = cv2.imencode(ext, img)
+    except cv2.error as err:
+        raise ValueError(f'cannot encode a {img.dtype} image of shape {img.shape} as {ext}: {err}') from None
     if not ok:
         raise ValueError(f'cannot encode a {img.dtype} image of shape {img.shape} as {ext}')
     return buf.tobytes()
@@ -104,7 +130,7 @@ def _encode(img, ext):
 
 def write_image(path, img):
     """Write ``img`` (as ``read_image`` returns) to ``path`` atomically; the format comes from the extension."""
-    data = _encode(img, os.path.splitext(path)[1].lower() or '.png')
+    data = encode_image(img, os.path.splitext(path)[1].lower() or '.png')
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
     try:
