@@ -9,5 +9,6 @@ from . import resume  # noqa: F401,E402
 from . import archs, losses, models  # noqa: F401,E402
 from . import tlc  # noqa: F401,E402  (registers HINetLocal, MPRNetLocal, ...)
 from .data import sidd_dataset, unreadable_images  # noqa: F401,E402  (PairedImageDataset_SIDD; named decode errors)
+from .data import dual_pixel, gaussian_denoising, restormer_paired  # noqa: F401,E402  (Restormer's dataset types)
 
 __version__ = '0.1.0'

@@ -37,6 +37,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.models import build_model
 from basicsr.utils import check_resume
+from basicsr.utils.registry import DATASET_REGISTRY
 
 from .compat import read_training_state, resume_state_path
 from .errors import ConfigError
@@ -117,6 +118,11 @@ def check_parts(opt, path):
 
 
 def _data_channels(opt):
+    for ds in (opt.get('datasets') or {}).values():  # a dataset type may say what it feeds (e.g. 1 or 6 channels)
+        own = getattr(DATASET_REGISTRY.get(ds['type']) if (ds or {}).get('type') in DATASET_REGISTRY else None,
+                      'input_channels', None)
+        if own is not None:
+            return own(ds)
     colors = {(ds or {}).get('color') for ds in (opt.get('datasets') or {}).values()}
     return 1 if colors == {'y'} else 3
 
