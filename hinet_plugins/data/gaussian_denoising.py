@@ -1,27 +1,28 @@
 """``type: Dataset_GaussianDenoising``: clean images in, (noisy, clean) pairs out, noise drawn on the fly.
 
 The Restormer release's Gaussian denoising dataset (its option-file keys; our code). Only ``dataroot_gt`` is read
-(a folder of clean images, an LMDB of them such as ``prepare_data.py clean`` writes, or a ``meta_info_file``);
+(a folder of clean images, an LMDB of them such as the ``gt.lmdb`` of ``prepare_data.py``, or a ``meta_info_file``);
 ``dataroot_lq`` is ignored (the release files say ``none``). ``in_ch: 3`` reads colour (RGB tensors), ``in_ch: 1``
 grayscale.
 
 - Training: pad to ``gt_size`` by reflection if smaller, one random ``gt_size`` crop, with ``geometric_augs`` one
   of the 8 flips/rotations, then ``lq = gt + sigma / 255 * N(0, 1)`` with ``sigma`` per sample from ``sigma_type``:
   ``constant`` (``sigma_range`` is the value), ``random`` (uniform in ``sigma_range: [lo, hi]``) or ``choice``
-  (one entry of the list ``sigma_range``). Nothing is clipped (as in the release). The noise is new at every read;
-  its draws come from python's ``random`` and torch's global generator, which ``resume.PositionSeeded`` seeds from
-  (manual_seed, epoch, position in the epoch) before each sample: a run resumed with ``--auto_resume`` draws
-  exactly the noise of the uninterrupted run.
+  (one entry of the list ``sigma_range``). The noise is new at every read; its draws come from python's ``random``
+  and torch's global generator, which ``resume.PositionSeeded`` seeds from (manual_seed, epoch, position in the
+  epoch) before each sample: a run resumed with ``--auto_resume`` draws exactly the noise of the uninterrupted run.
+  Nothing is clipped, as in the release, unless ``quantize: true`` (our key): then the noisy image is clipped to
+  [0, 1] and rounded to 8-bit levels, as a noisy photo stored in an 8-bit file is (training and validation).
 - Validation / test: ``sigma_test`` noise fixed per image: drawn from a generator of its own seeded from the file
   name (the release reseeds numpy's global generator with 0 for every image, which also resets the training
   draws); the same image gets the same noise in every run, whatever the order or number of images.
 """
 import os
+import random
 import zlib
 
 import cv2
 import numpy as np
-import random
 import torch
 from basicsr.data.data_util import paths_from_lmdb
 from basicsr.utils import img2tensor, scandir
@@ -143,4 +144,6 @@ class Dataset_GaussianDenoising(data.Dataset):  # noqa: N801  (the release's opt
             lq = gt + torch.randn(gt.shape) * (self.sigma() / 255.0)
         else:
             lq = gt + validation_noise(path, tuple(gt.shape), self.opt['sigma_test'])
+        if self.opt.get('quantize', False):
+            lq = torch.round(lq.clamp(0, 1) * 255) / 255
         return {'lq': lq, 'gt': gt, 'lq_path': path, 'gt_path': path}
