@@ -37,7 +37,7 @@ from hinet_plugins.utils.curves import find_train_log, plot_training_curves  # n
 
 OPTIONS = ('options/train/HINet-Demo.yml', 'options/train/NAFNet-Demo.yml')
 QUICK_ITERS = 4
-DATA_SETTINGS = dict(patch=96, stride=64, max_side=384, sigma=25.0, val_max_side=384)
+DATA_SETTINGS = dict(patch=96, stride=64, max_side=384, sigma=25.0, val_max_side=384, train_lq=False)
 
 
 def build_data(root):
