@@ -88,6 +88,15 @@ def test_gaussian_sigma_types(tiny_data, sigma_type, sigma_range, allowed):
     assert len(sigmas) == 1 or sigma_type != 'constant'
 
 
+def test_gaussian_quantize_clips_and_rounds_to_8_bits(tiny_data):
+    ds = gaussian(tiny_data['train_gt'], quantize=True, sigma_range=50)
+    lq = ds[0]['lq']
+    assert float(lq.min()) == 0.0 and float(lq.max()) == 1.0  # sigma 50: some pixels clipped at both ends
+    assert torch.allclose(lq * 255, torch.round(lq * 255), atol=1e-4)
+    val = gaussian(tiny_data['train_gt'], phase='val', quantize=True)[0]['lq']
+    assert torch.allclose(val * 255, torch.round(val * 255), atol=1e-4) and 0 <= float(val.min())
+
+
 def test_gaussian_grayscale_and_lmdb_of_clean_images(tiny_data):
     gray = gaussian(tiny_data['train_gt_lmdb'], backend='lmdb', in_ch=1)
     item = gray[0]
