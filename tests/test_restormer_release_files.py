@@ -90,6 +90,7 @@ def test_release_training_file_runs_through_the_literal_launcher(rel, tiny_data,
         assert f"Dataset [{train_type}] - TrainSet is built." in out
         assert 'Model [ImageCleanModel] is created' in out
         assert len(re.findall(r'l_l1: (\S+)', out)) == 2
+        assert 'Progressive patches: stage 2/6 from iteration 2: patch 16, batch 2 per GPU' in out
         psnr = float(re.search(r'ValSet\s+# psnr: ([\d.]+)', out).group(1))
         assert 5 < psnr < 60
         state = torch.load(os.path.join(REPO, 'experiments', name, 'models', 'net_g_2.pth'), weights_only=True)
