@@ -137,7 +137,8 @@ def test_gaussian_validation_noise_is_fixed_per_image_and_leaves_global_generato
     ({'sigma_type': 'uniform'}, "sigma_type must be one of ['constant', 'random', 'choice']"),
     ({'sigma_type': 'random', 'sigma_range': 25}, 'sigma_range with sigma_type random must be [low, high]'),
     ({'in_ch': 2}, 'in_ch must be 1 (grayscale) or 3 (colour)'),
-    ({'dataroot_gt': '/nonexistent/clean'}, "dataroot_gt: '/nonexistent/clean' does not exist")])
+    ({'dataroot_gt': '/nonexistent/clean'}, "dataroot_gt: '/nonexistent/clean' does not exist"),
+    ({'io_backend': {'type': 'lmdb'}}, 'io_backend is lmdb but')])
 def test_gaussian_option_errors_name_the_key(tiny_data, change, message):
     ds = {'name': 'g', 'type': 'Dataset_GaussianDenoising', 'phase': 'train', 'dataroot_gt': tiny_data['train_gt'],
           'dataroot_lq': 'none', 'io_backend': {'type': 'disk'}, 'sigma_type': 'constant', 'sigma_range': 25,

@@ -105,6 +105,8 @@ class Dataset_GaussianDenoising(data.Dataset):  # noqa: N801  (the release's opt
             raise ConfigError(f"{where}.dataroot_gt: {root!r} does not exist (a folder or LMDB of clean images)")
         if backend not in ('disk', 'lmdb'):
             raise ConfigError(f"{where}.io_backend.type must be disk or lmdb, got {backend!r}")
+        if backend == 'lmdb' and not root.endswith('.lmdb'):
+            raise ConfigError(f"{where}.dataroot_gt: io_backend is lmdb but '{root}' does not end in .lmdb")
         if backend == 'lmdb' and not os.path.isfile(os.path.join(root, 'meta_info.txt')):
             raise ConfigError(f"{where}.dataroot_gt: LMDB '{root}' has no meta_info.txt")
         if ds.get('meta_info_file') and not os.path.isfile(ds['meta_info_file']):
