@@ -9,6 +9,7 @@ from basicsr.data import build_dataset
 from basicsr.models import build_model
 from conftest import base_options, load_option_file, train_module, write_options
 from test_export import TINY
+from test_errors import expect_error
 from test_resume import logged_iterations
 
 from hinet_plugins.export import registered_archs
@@ -73,3 +74,13 @@ def test_template_trains_and_resumes_exactly_with_fixed_validation_noise(tiny_da
         return [line.split('# psnr:')[1].split()[0] for line in text.splitlines() if '# psnr:' in line]
     assert validations(first)[0] == validations(straight)[0]  # iteration 3, two separate runs
     assert validations(second)[0] == validations(straight)[1]  # iteration 6, resumed vs straight
+
+
+@pytest.mark.parametrize('key, value, fragment', [
+    ('sigma_type', 'gaussian', "datasets.train.sigma_type must be one of ['constant', 'random', 'choice']"),
+    ('sigma_range', [50, 0], 'datasets.train.sigma_range with sigma_type random must be [low, high]')])
+def test_noise_option_mistakes_are_one_line_errors(tiny_data, tmp_path, monkeypatch, key, value, fragment):
+    opt = custom_denoise(tiny_data, 'rejected', 2)
+    opt['datasets']['train'][key] = value
+    expect_error(tmp_path, opt, monkeypatch, fragment)
+    assert not (tmp_path / 'experiments').exists()
