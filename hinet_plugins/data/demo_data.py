@@ -82,21 +82,16 @@ def make_demo_dataset(root, patch=96, stride=64, max_side=512, sigma=25.0, blur_
                       train_photos=TRAIN_PHOTOS, val_photos=VAL_PHOTOS, val_max_side=384, lmdb=True, train_lq=True):
     """Build ``root/{train,val}/{gt,lq}`` PNG folders (+ ``*_gt.lmdb`` / ``*_lq.lmdb`` when ``lmdb``).
 
-    Training pairs are ``patch``-sized crops (``stride`` apart) of the training photos resized to ``max_side``, or
-    to each side of a list (several scales of each photo); ``train_lq=False`` writes the clean crops only, for a
-    dataset that adds the noise itself. Validation pairs are whole photos resized to ``val_max_side``. Returns a
-    dict of paths and counts.
+    Training pairs are ``patch``-sized crops (``stride`` apart) of the training photos resized to ``max_side``
+    (``train_lq=False``: the clean crops only, for a dataset that adds the noise itself); validation pairs are
+    whole photos resized to ``val_max_side``. Returns a dict of paths and counts.
     """
-    sides = max_side if isinstance(max_side, (list, tuple)) else (max_side,)
-
     def train_pairs():
         for i, name in enumerate(train_photos):
-            for side in sides:  # several sides: crops at several scales of the same photo
-                clean = _max_side(load_photo(name), side)
-                noisy = degrade(clean, sigma, blur_sigma, seed=1000 + i)
-                tag = f'{name}_{side}' if len(sides) > 1 else name
-                for y, x, gt in crops(clean, patch, stride):
-                    yield f'{tag}_{y:04d}_{x:04d}', gt, noisy[y:y + patch, x:x + patch]
+            clean = _max_side(load_photo(name), max_side)
+            noisy = degrade(clean, sigma, blur_sigma, seed=1000 + i)
+            for y, x, gt in crops(clean, patch, stride):
+                yield f'{name}_{y:04d}_{x:04d}', gt, noisy[y:y + patch, x:x + patch]
 
     def val_pairs():
         for i, name in enumerate(val_photos):
