@@ -335,7 +335,7 @@ def main(argv=None):
         if not args.no_data:
             workers = args.workers
             if workers is None and args.opt:
-                from hinet_plugins.options_check import load_yaml
+                from hinet_plugins.basicsr_ext import load_yaml
                 workers = load_yaml(args.opt)['datasets']['train'].get('num_worker_per_gpu')
             workers = min(8, os.cpu_count() or 1) if workers is None else workers
             rate, count = loader_throughput(args, workers, tmp)

@@ -10,5 +10,6 @@ basicsr_ext.install()
 from . import archs, losses, models  # noqa: F401,E402
 from . import tlc  # noqa: F401,E402  (registers HINetLocal, MPRNetLocal, ...)
 from .data import sidd_dataset  # noqa: F401,E402  (PairedImageDataset_SIDD)
+from .data import dual_pixel, gaussian_denoising, restormer_paired  # noqa: F401,E402  (Restormer's dataset types)
 
 __version__ = '0.1.0'

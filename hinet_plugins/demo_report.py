@@ -3,8 +3,10 @@
 A *method* is a column: the noisy input itself, the classical baselines (``data/demo_baselines``) and each trained
 network with and without TLC. PSNR / SSIM are basicsr's ``calculate_psnr`` / ``calculate_ssim`` on the RGB
 uint8 images (crop border 0, not the Y channel), the same as the training's validation. The verdict line compares
-the best trained network with BM3D, whichever wins, as measured.
+the best trained network with BM3D, whichever wins, as measured. The side-by-side picture has a title over every
+column (method and its mean PSNR), drawn with OpenCV's Hershey font (no font file needed).
 """
+import cv2
 import numpy as np
 from basicsr.metrics import calculate_psnr, calculate_ssim
 
@@ -69,9 +71,37 @@ def verdict(mean, networks, reference='BM3D'):
             f'({mean[reference][0]:.2f} dB): {diff:+.2f} dB on these photos.')
 
 
-def contact_sheet(rows_of_images, gap=8):
-    """Stack rows (each a list of equally tall uint8 images, concatenated left to right) with white gaps."""
+def column_titles(methods, mean, extra=()):
+    """``'<method> <mean PSNR> dB'`` for each method of ``mean`` named in ``methods``, then the ``extra`` titles."""
+    return [f'{m} {mean[m][0]:.2f} dB' for m in methods] + list(extra)
+
+
+def title_band(titles, widths, height=36):
+    """A white band with each title centred (black, anti-aliased) over its column of ``widths`` pixels; the font
+    shrinks until the title fits the column."""
+    band = np.full((height, sum(widths), 3), 255, np.uint8)
+    x = 0
+    for text, width in zip(titles, widths):
+        scale = 0.7
+        while True:
+            (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            if tw <= width - 8 or scale <= 0.3:
+                break
+            scale -= 0.05
+        cv2.putText(band, text, (x + max(0, (width - tw) // 2), (height + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+        x += width
+    return band
+
+
+def contact_sheet(rows_of_images, gap=8, titles=None):
+    """Stack rows (each a list of equally tall uint8 images, concatenated left to right) with white gaps. With
+    ``titles`` (one per image of a row), a band of column titles goes on top, placed by the first row's widths."""
+    if titles is not None and len(titles) != len(rows_of_images[0]):
+        raise ValueError(f'{len(titles)} titles for {len(rows_of_images[0])} columns')
     panels = [np.concatenate(images, axis=1) for images in rows_of_images]
+    if titles is not None:
+        panels.insert(0, title_band(titles, [img.shape[1] for img in rows_of_images[0]]))
     width = max(p.shape[1] for p in panels)
     return np.concatenate([np.pad(p, ((0, gap), (0, width - p.shape[1]), (0, 0)), constant_values=255)
                            for p in panels], axis=0)

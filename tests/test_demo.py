@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_option_file, on_tiny_data, train_module, write_options
+from conftest import REPO, load_option_file, on_tiny_data, train_module, write_options
 from hinet_plugins import demo_report
 from hinet_plugins.data import demo_baselines
 from hinet_plugins.data.demo_data import degrade, load_photo
@@ -86,6 +86,38 @@ def test_networks_table_and_contact_sheet():
     sheet = demo_report.contact_sheet([[a, a], [b, b, b]], gap=2)
     assert sheet.shape == (10 + 2 + 7 + 2, 15, 3)
     assert (sheet[10:12] == 255).all() and (sheet[12:19, :15] == 0).all()
+
+
+def test_side_by_side_has_a_title_over_every_column():
+    mean = {'noisy input': (20.62, 0.3), 'BM3D': (31.75, 0.85), 'HINet': (31.0, 0.84)}
+    titles = demo_report.column_titles(['noisy input', 'BM3D', 'HINet'], mean, extra=['clean'])
+    assert titles == ['noisy input 20.62 dB', 'BM3D 31.75 dB', 'HINet 31.00 dB', 'clean']
+    widths = (160, 120, 200, 90)
+    rows = [[np.full((50, w, 3), 128, np.uint8) for w in widths] for _ in range(2)]
+    sheet = demo_report.contact_sheet(rows, gap=4, titles=titles)
+    assert sheet.shape == (36 + 4 + 2 * (50 + 4), sum(widths), 3)
+    band, x = sheet[:36], 0
+    for w in widths:  # dark text inside each column's span of the band, nothing dark outside the band
+        assert (band[:, x + 2:x + w - 2] < 100).any(), x
+        x += w
+    assert (sheet[36:40] == 255).all() and (sheet[40:90] == 128).all()
+    with pytest.raises(ValueError, match='3 titles for 4 columns'):
+        demo_report.contact_sheet(rows, titles=titles[:3])
+
+
+def test_demo_trains_one_network_on_fresh_noise():
+    """The demo's option file reads the clean crops only and draws sigma-25 noise at every read (8-bit, like the
+    held-out photos); the demo script trains that one file."""
+    opt = load_option_file('train', 'HINet-Demo')
+    train = opt['datasets']['train']
+    assert train['type'] == 'Dataset_GaussianDenoising' and train['dataroot_gt'] == 'datasets/demo/train_gt.lmdb'
+    assert (train['sigma_type'], train['sigma_range'], train['quantize']) == ('constant', 25, True)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('demo_script', os.path.join(REPO, 'scripts', 'demo.py'))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.OPTIONS == ('options/train/HINet-Demo.yml',)
+    assert demo.DATA_SETTINGS['sigma'] == 25.0 and demo.DATA_SETTINGS['train_lq'] is False
 
 
 @pytest.mark.slow

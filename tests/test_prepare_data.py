@@ -297,6 +297,29 @@ def test_cut_short_images_fail_the_whole_dataset_before_anything_is_written(tmp_
     assert not os.path.exists(sidd / 'train') and not os.path.exists(sidd / 'val')
 
 
+def test_one_run_names_a_missing_file_and_a_cut_short_png_together(tmp_path):
+    """A SIDD tree with one missing file (a scene without its noisy image) and one PNG cut short elsewhere: the
+    first run names both (the decode check runs although a layout problem was already found); nothing is written.
+    Once the missing file is back, the second run names only the cut-short one."""
+    sidd = tmp_path / 'datasets' / 'SIDD'
+    make_sidd(sidd)
+    data = sidd / 'train' / 'SIDD_Medium_Srgb' / 'Data'
+    os.remove(data / SIDD_SCENES[1] / 'NOISY_SRGB_010.PNG')
+    cut_short(data / SIDD_SCENES[0] / 'GT_SRGB_010.PNG')
+    snapshot = tree(tmp_path)
+    code, out = prepare(tmp_path, 'sidd', '--crop', '48', '--step', '32', check=False)
+    assert code == 2 and 'Traceback' not in out, out
+    first = [line for line in out.splitlines() if line.startswith('hinet_plugins: error:')]
+    assert len(first) == 1 and 'SIDD: 2 problem(s) found, nothing was written' in first[0], out
+    assert f"{SIDD_SCENES[1]}/GT_SRGB_010.PNG' has no partner NOISY_SRGB_010.PNG" in out
+    assert f"{SIDD_SCENES[0]}/GT_SRGB_010.PNG' cannot be decoded" in out
+    assert 'decoding the images that exist too' in out
+    assert tree(tmp_path) == snapshot
+    _write(str(data / SIDD_SCENES[1] / 'NOISY_SRGB_010.PNG'), _pair(72, 88, 1)[1])
+    code, out = prepare(tmp_path, 'sidd', '--crop', '48', '--step', '32', check=False)
+    assert code == 2 and 'SIDD: 1 problem(s) found' in out and 'cannot be decoded' in out and 'no partner' not in out
+
+
 def test_a_write_failure_rolls_back_every_job(tmp_path, monkeypatch):
     """A failure while writing the second job (disk full) leaves a previous build, or nothing, exactly as it was."""
     from hinet_plugins.data import lmdb_writer as core

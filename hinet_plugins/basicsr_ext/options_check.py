@@ -15,7 +15,7 @@ from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTR
 from ..errors import ConfigError
 from ..utils.images import IMG_EXTS, image_header
 
-PADDING_DATASETS = ('PairedImageDataset_SIDD',)  # reflect-pad training pairs smaller than gt_size
+PADDING_DATASETS = ('PairedImageDataset_SIDD', 'Dataset_PairedImage')  # reflect-pad pairs smaller than gt_size
 
 
 def check_num_gpu(raw_opt, path):
@@ -128,6 +128,10 @@ def _check_channels(where, gt, lq):
 
 def check_dataset(name: str, ds: dict, path: str, scale: int = 1) -> None:
     where = f'{path}: datasets.{name}'
+    own_check = getattr(DATASET_REGISTRY.get(ds['type']) if ds.get('type') in DATASET_REGISTRY else None,
+                        'check_options', None)
+    if own_check is not None:  # a dataset with other roots than a GT/LQ pair checks its own options
+        return own_check(ds, where)
     backend = (ds.get('io_backend') or {}).get('type', 'disk')
     roots = {k: ds.get(k) for k in ('dataroot_gt', 'dataroot_lq') if k in ds}
     for key, root in roots.items():

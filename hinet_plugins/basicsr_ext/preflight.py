@@ -21,6 +21,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.models import build_model
 from basicsr.utils import check_resume
+from basicsr.utils.registry import DATASET_REGISTRY
 
 from ..errors import BUILD_ERRORS, ConfigError, built_from_options, first_line
 from ..utils.checkpoint import rng_states, set_rng_states
@@ -76,6 +77,11 @@ def check_parts(opt: dict, path: str) -> None:
 
 
 def _data_channels(opt):
+    for ds in (opt.get('datasets') or {}).values():  # a dataset type may say what it feeds (e.g. 1 or 6 channels)
+        own = getattr(DATASET_REGISTRY.get(ds['type']) if (ds or {}).get('type') in DATASET_REGISTRY else None,
+                      'input_channels', None)
+        if own is not None:
+            return own(ds)
     colors = {(ds or {}).get('color') for ds in (opt.get('datasets') or {}).values()}
     return 1 if colors == {'y'} else 3
 

@@ -53,14 +53,16 @@ def crops(img, size, stride):
             yield y, x, img[y:y + size, x:x + size]
 
 
-def write_pairs(pairs, folder):
-    """pairs: iterable of (key, gt_rgb, lq_rgb). Writes ``folder/gt/<key>.png`` and ``folder/lq/<key>.png``."""
+def write_pairs(pairs, folder, subs=('gt', 'lq')):
+    """pairs: iterable of (key, gt_rgb, lq_rgb). Writes ``folder/gt/<key>.png`` and ``folder/lq/<key>.png`` (only
+    the folders named in ``subs``)."""
     keys = []
-    for sub in ('gt', 'lq'):
+    for sub in subs:
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
     for key, gt, lq in pairs:
-        cv2.imwrite(os.path.join(folder, 'gt', f'{key}.png'), cv2.cvtColor(gt, cv2.COLOR_RGB2BGR))
-        cv2.imwrite(os.path.join(folder, 'lq', f'{key}.png'), cv2.cvtColor(lq, cv2.COLOR_RGB2BGR))
+        for sub, img in (('gt', gt), ('lq', lq)):
+            if sub in subs:
+                cv2.imwrite(os.path.join(folder, sub, f'{key}.png'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         keys.append(key)
     return keys
 
@@ -77,11 +79,12 @@ def folder_to_lmdb(folder, lmdb_path):
 
 
 def make_demo_dataset(root, patch=96, stride=64, max_side=512, sigma=25.0, blur_sigma=0.0,
-                      train_photos=TRAIN_PHOTOS, val_photos=VAL_PHOTOS, val_max_side=384, lmdb=True):
+                      train_photos=TRAIN_PHOTOS, val_photos=VAL_PHOTOS, val_max_side=384, lmdb=True, train_lq=True):
     """Build ``root/{train,val}/{gt,lq}`` PNG folders (+ ``*_gt.lmdb`` / ``*_lq.lmdb`` when ``lmdb``).
 
-    Training pairs are ``patch``-sized crops (``stride`` apart) of the training photos resized to ``max_side``;
-    validation pairs are whole photos resized to ``val_max_side``. Returns a dict of paths and counts.
+    Training pairs are ``patch``-sized crops (``stride`` apart) of the training photos resized to ``max_side``
+    (``train_lq=False``: the clean crops only, for a dataset that adds the noise itself); validation pairs are
+    whole photos resized to ``val_max_side``. Returns a dict of paths and counts.
     """
     def train_pairs():
         for i, name in enumerate(train_photos):
@@ -102,11 +105,12 @@ def make_demo_dataset(root, patch=96, stride=64, max_side=512, sigma=25.0, blur_
         folder = os.path.join(root, split)
         if os.path.exists(folder):
             shutil.rmtree(folder)
-        info[f'{split}_count'] = len(write_pairs(pairs, folder))
-        info[f'{split}_gt'] = os.path.join(folder, 'gt')
-        info[f'{split}_lq'] = os.path.join(folder, 'lq')
+        subs = ('gt', 'lq') if split == 'val' or train_lq else ('gt',)
+        info[f'{split}_count'] = len(write_pairs(pairs, folder, subs))
+        for sub in subs:
+            info[f'{split}_{sub}'] = os.path.join(folder, sub)
         if lmdb:
-            for sub in ('gt', 'lq'):
+            for sub in subs:
                 path = os.path.join(root, f'{split}_{sub}.lmdb')
                 folder_to_lmdb(os.path.join(folder, sub), path)
                 info[f'{split}_{sub}_lmdb'] = path

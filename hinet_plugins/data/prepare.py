@@ -7,10 +7,11 @@ them in three phases:
 1. *Check*, everything before the first byte is written, all problems collected and raised as ONE
    ``ConfigError``: the layout (missing folders, unpaired names), every image header (PIL, no decoding), sizes
    within a pair and against the crop, the outputs already on disk (built from other sources or settings, or not
-   by this tool: refused without ``force``), and then -- only when all of that passed, so a layout mistake is
-   reported at once instead of after minutes of decoding -- a full decode of every image that will be written,
-   with the decoder the write uses (``cv2.imread``, what basicsr's reader decodes to). The decode pass is cheap
-   next to the PNG encoding of the write; it catches a file cut short whose header is intact.
+   by this tool: refused without ``force``), and a full decode of every image file whose header reads, with the
+   decoder the write uses (``cv2.imread``, what basicsr's reader decodes to). The decode pass runs even when
+   other problems were found (it says so first), so that one run names every problem -- a missing file and a
+   file cut short (header intact) alike -- instead of one per run. It is cheap next to the PNG encoding of the
+   write.
 2. *Write*: decode, crop, PNG-encode and store with basicsr's ``LmdbMaker`` (which writes ``meta_info.txt``) into
    hidden temporary folders ``.partial_<name>.lmdb`` beside each output.
 3. *Commit*: only when every job of the dataset was written, the temporary folders are renamed to their final
@@ -34,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..options_check import IMG_EXTS, image_header
+from ..utils.images import IMG_EXTS, image_header
 from .lmdb_writer import ASIDE_PREFIX, INFO_FILE, TEMP_PREFIX, describe_source, read_bgr, write_jobs
 
 MAX_LISTED = 12  # problems listed in one error message
@@ -242,8 +243,10 @@ def run_jobs(jobs, problems, force=False, progress=True):
             problems.add(f'[{job.name}] {state}; rerun with --force to rebuild it')
     todo = [job for job in jobs if force or states[job.name] != 'done']
     todo_names = {job.name for job in todo}
-    if not problems.items:
-        decode_check(todo, problems, progress)
+    if problems.items:
+        print(f'{problems.dataset}: {len(problems.items)} problem(s) found so far; decoding the images that exist '
+              'too, so that this run reports every problem', flush=True)
+    decode_check(todo, problems, progress)
     problems.raise_if_any()
     for job in jobs:
         if job.name not in todo_names:

@@ -13,7 +13,7 @@ Our implementation of the semantics the HINet release documents for that class (
   is file ``i mod n``); validation/test: the number of files.
 
 Random draws use python's ``random`` module, like basicsr's own ``paired_random_crop`` / ``augment``. An image
-that does not decode stops the run with its path (``unreadable_images.decode``).
+that does not decode stops the run with its path (``basicsr_ext.decode_image``).
 """
 import random
 
@@ -24,7 +24,7 @@ from basicsr.utils import FileClient, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torchvision.transforms.functional import normalize
 
-from .unreadable_images import decode
+from ..basicsr_ext import decode_image as decode
 
 TRAIN_LENGTH = 32 * 10000
 

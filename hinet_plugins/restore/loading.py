@@ -52,7 +52,7 @@ def network_spec(opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=
     net_opt, ckpt, key, strict, tlc_opt = None, None, 'params', True, None
     if opt is not None:
         from ..models.restoration_model import MultiStageRestorationModel
-        from ..options_check import load_yaml
+        from ..basicsr_ext import load_yaml
         where = opt if isinstance(opt, str) else 'options'
         opt = load_yaml(opt) if isinstance(opt, str) else opt
         if not isinstance(opt.get('network_g'), dict):

@@ -11,7 +11,7 @@ import os
 from collections import namedtuple
 
 from ..errors import ConfigError
-from ..options_check import load_yaml
+from ..basicsr_ext import load_yaml
 from ..restore import Restorer
 
 CHECKPOINT_EXTS = ('.pth', '.pt')

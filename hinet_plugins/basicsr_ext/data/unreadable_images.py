@@ -25,13 +25,16 @@ def undecodable_error(dataset, path):
                        'remove the pair, then resume with --auto_resume')
 
 
-def decode(dataset, path: str, client_key: str) -> np.ndarray:
-    """The image at ``path`` as basicsr reads it (HWC, BGR, float32 in [0, 1]), or ConfigError naming the file."""
+def decode(dataset, path: str, client_key: str, flag: int = cv2.IMREAD_COLOR, peak: float = 255.0) -> np.ndarray:
+    """The image at ``path`` as basicsr reads it (HWC, BGR, float32 in [0, 1]), or ConfigError naming the file.
+    ``flag``: OpenCV's read mode (grayscale -> HxWx1); ``peak``: the value read as 1 (65535 for 16-bit files)."""
     content = dataset.file_client.get(path, client_key)
-    img = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR)
+    img = cv2.imdecode(np.frombuffer(content, np.uint8), flag)
     if img is None:
         raise undecodable_error(dataset, path)
-    return img.astype(np.float32) / 255.0
+    if img.ndim == 2:
+        img = img[..., None]
+    return img.astype(np.float32) / peak
 
 
 def _naming_the_file(getitem):
