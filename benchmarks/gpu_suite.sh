@@ -19,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
 wheels=${GPU_WHEELS:-$repo/.gpu_wheels}  # where --fetch-wheels writes and the suite installs from
 
-has() {  # has PYTHON MODULE...: every module can be found (not imported: basicsr needs hinet_plugins.compat first).
+has() {  # has PYTHON MODULE...: every module can be found (not imported: basicsr needs hinet_plugins.basicsr_ext first).
   # Looked up from / : here the launcher folder basicsr/ would pass for the package.
   local py
   case $1 in /*) py=$1 ;; */*) py=$PWD/$1 ;; *) py=$(command -v "$1") || return 1 ;; esac

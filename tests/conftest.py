@@ -102,6 +102,17 @@ def run_launcher(root, opt_path, *flags, mode='train', monkeypatch):
     return code, err.getvalue()
 
 
+def expect_error(root, opt, monkeypatch, *fragments, flags=()):
+    opt_path = write_options(opt, os.path.join(str(root), 'opt.yml'))
+    code, err = run_launcher(root, opt_path, *flags, monkeypatch=monkeypatch)
+    lines = [line for line in err.splitlines() if line.startswith('hinet_plugins: error:')]
+    assert code == 2 and len(lines) == 1, f'exit {code}, stderr:\n{err}'
+    assert 'Traceback' not in err
+    for fragment in fragments:
+        assert fragment in lines[0], f'{fragment!r} not in {lines[0]!r}'
+    return lines[0]
+
+
 def train_module(opt_path, cwd, *extra, **kw):
     """``python -m hinet_plugins.train -opt ...`` in ``cwd`` (experiments/ lands there)."""
     return run_cli([PY, '-m', 'hinet_plugins.train', '-opt', opt_path, *extra], cwd,

@@ -29,8 +29,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import PY, REPO, base_options, write_options
-from test_distributed import free_port
-from test_resume import logged_iterations
+from conftest import free_port, logged_iterations
 
 from basicsr.archs import build_network
 

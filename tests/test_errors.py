@@ -16,20 +16,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import PY, REPO, base_options, run_launcher, write_options
+from conftest import PY, REPO, base_options, expect_error, run_launcher, write_options
 
 from hinet_plugins.utils.checkpoint import CheckpointWriteError, atomic_torch_save
-
-
-def expect_error(root, opt, monkeypatch, *fragments, flags=()):
-    opt_path = write_options(opt, os.path.join(str(root), 'opt.yml'))
-    code, err = run_launcher(root, opt_path, *flags, monkeypatch=monkeypatch)
-    lines = [line for line in err.splitlines() if line.startswith('hinet_plugins: error:')]
-    assert code == 2 and len(lines) == 1, f'exit {code}, stderr:\n{err}'
-    assert 'Traceback' not in err
-    for fragment in fragments:
-        assert fragment in lines[0], f'{fragment!r} not in {lines[0]!r}'
-    return lines[0]
 
 
 def copy_folders(data, dst, split='train'):

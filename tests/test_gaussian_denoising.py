@@ -7,12 +7,9 @@ import pytest
 import torch
 from basicsr.data import build_dataset
 from basicsr.models import build_model
-from conftest import base_options, load_option_file, train_module, write_options
-from test_export import TINY
-from test_errors import expect_error
-from test_resume import logged_iterations
+from conftest import base_options, expect_error, load_option_file, logged_iterations, train_module, write_options
 
-from hinet_plugins.export import registered_archs
+from hinet_plugins.archs import specs
 
 
 def clean_dataset(data, **extra):
@@ -21,11 +18,11 @@ def clean_dataset(data, **extra):
                  'sigma_range': [0, 50], 'in_ch': 3, 'gt_size': 32, 'geometric_augs': True}, **extra)
 
 
-@pytest.mark.parametrize('arch', registered_archs())
+@pytest.mark.parametrize('arch', list(specs()))
 def test_every_architecture_takes_a_training_step_on_fresh_noise(tiny_data, tmp_path, arch):
     ds = build_dataset(dict(clean_dataset(tiny_data), phase='train', scale=1))
     batch = {k: torch.stack([ds[i][k] for i in range(2)]) for k in ('lq', 'gt')}
-    opt = base_options(tiny_data, network={'type': arch, **TINY[arch]})
+    opt = base_options(tiny_data, network=specs()[arch].options())
     opt.update(is_train=True, dist=False, rank=0, world_size=1)
     opt['path'].update(models=str(tmp_path / 'models'), training_states=str(tmp_path / 'states'))
     model = build_model(opt)
@@ -42,7 +39,7 @@ def custom_denoise(tiny_data, name, total_iter):
     opt['datasets']['train'].update(dataroot_gt=tiny_data['train_gt'], gt_size=32, batch_size_per_gpu=4,
                                     num_worker_per_gpu=0)
     opt['datasets']['val']['dataroot_gt'] = tiny_data['val_gt']
-    opt['network_g'].update(TINY['NAFNet'])
+    opt['network_g'].update(specs()['NAFNet'].tiny)
     opt['train'].update(total_iter=total_iter)
     opt['train']['scheduler']['T_max'] = 6
     opt['val']['val_freq'] = 3

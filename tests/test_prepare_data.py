@@ -313,7 +313,6 @@ def test_one_run_names_a_missing_file_and_a_cut_short_png_together(tmp_path):
     assert len(first) == 1 and 'SIDD: 2 problem(s) found, nothing was written' in first[0], out
     assert f"{SIDD_SCENES[1]}/GT_SRGB_010.PNG' has no partner NOISY_SRGB_010.PNG" in out
     assert f"{SIDD_SCENES[0]}/GT_SRGB_010.PNG' cannot be decoded" in out
-    assert 'decoding the images that exist too' in out
     assert tree(tmp_path) == snapshot
     _write(str(data / SIDD_SCENES[1] / 'NOISY_SRGB_010.PNG'), _pair(72, 88, 1)[1])
     code, out = prepare(tmp_path, 'sidd', '--crop', '48', '--step', '32', check=False)

@@ -101,7 +101,7 @@ PAPER_READINGS = {
     'HINet-SIDD-paper': ('HINet-SIDD', {'optim', 'scheduler', 'losses'}),
     'FCN-GoPro-StageRatio': ('FCN-GoPro', {'losses'}),
 }
-NO_RELEASE = {'Custom-HINet', 'HINet-Demo', 'NAFNet-Demo'}  # ours: a template and the demo's two runs
+NO_RELEASE = {'Custom-HINet', 'Custom-Denoise-NAFNet', 'HINet-Demo', 'NAFNet-Demo'}  # ours: templates, the demo
 
 IGNORED_LOSS_KEYS = ('reduction', 'toY', 'vgg_weights')
 

@@ -10,7 +10,7 @@ from basicsr.data import build_dataset
 
 from hinet_plugins.errors import ConfigError
 from hinet_plugins.basicsr_ext.options_check import check_dataset
-from hinet_plugins.resume import PositionSeeded, SampleIndex
+from hinet_plugins.basicsr_ext.resume import PositionSeeded, SampleIndex
 
 
 def dihedral_candidates(img):

@@ -73,11 +73,13 @@ def _assert_like_fp32(runs, name, loss_tol, psnr_tol):
     return [losses[i] - ref_losses[i] for i in ref_losses] + [float(psnr[d]) - float(ref_psnr[d]) for d in psnr]
 
 
+@pytest.mark.slow
 def test_channels_last_and_grad_checkpoint_reproduce_fp32(runs):
     _assert_like_fp32(runs, 'channels_last+grad_checkpoint', loss_tol=2e-3, psnr_tol=2e-4)
     assert 'channels_last=True, compile=off, grad_checkpoint=True' in runs['channels_last+grad_checkpoint'][0].stdout
 
 
+@pytest.mark.slow
 def test_bf16_training_and_tlc_validation_close_to_fp32(runs):
     out = runs['bf16'][0].stdout
     assert 'amp=bf16 (eval bf16)' in out
@@ -85,6 +87,7 @@ def test_bf16_training_and_tlc_validation_close_to_fp32(runs):
     assert any(d != 0 for d in diffs), 'bf16 autocast changed nothing: it was not applied'
 
 
+@pytest.mark.slow
 def test_compile_runs_compiled_and_saves_plain_keys(runs):
     proc, _, _, cwd = runs['compile']
     assert 'first compiled training step done' in proc.stdout and 'torch.compile failed' not in proc.stdout
@@ -202,7 +205,7 @@ def test_ddp_with_every_switch_matches_one_process_on_the_doubled_batch(tiny_dat
     """torchrun, 2 CPU ranks (gloo), bf16 + channels_last + grad_checkpoint + compile (of the DDP wrapper) + EMA,
     against one process with the same switches on the union of both ranks' batches (deterministic samples: no
     flips/rotations, gt_size = crop size; see tests/test_distributed.py for why the losses then agree)."""
-    from test_distributed import free_port
+    from conftest import free_port
     procs = {}
     for run, batch in (('ddp', 4), ('single', 8)):
         opt = base_options(tiny_data, name=f'switches_{run}', network=NET, total_iter=3)

@@ -134,7 +134,7 @@ def test_models_offered(tmp_path):
     labels = [m.label for m in models]
     bare = os.path.join('sub', 'bare.pth')
     if can_detect():
-        assert labels == ['given', bare, 'with_options.pth', 'has_weights'] and not notes
+        assert labels == ['given', 'with_options.pth', bare, 'has_weights'] and not notes, (labels, notes)
     else:
         assert labels == ['given', 'with_options.pth', 'has_weights'], labels
         assert len(notes) == 1 and notes[0].endswith('bare.pth: left out (no bare.yml beside it, and no '

@@ -243,9 +243,6 @@ def run_jobs(jobs, problems, force=False, progress=True):
             problems.add(f'[{job.name}] {state}; rerun with --force to rebuild it')
     todo = [job for job in jobs if force or states[job.name] != 'done']
     todo_names = {job.name for job in todo}
-    if problems.items:
-        print(f'{problems.dataset}: {len(problems.items)} problem(s) found so far; decoding the images that exist '
-              'too, so that this run reports every problem', flush=True)
     decode_check(todo, problems, progress)
     problems.raise_if_any()
     for job in jobs:
