@@ -24,27 +24,12 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from ..models.speed import AMP_DTYPES, OFF, autocast
+from ..utils.amp import amp_dtype, autocast  # noqa: F401  (amp_dtype: part of this module's API)
 from ..utils.tiling import tile_boxes, tiled_forward
 from . import autotile
 from .loading import input_channels, load_network
 
 SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-
-
-def amp_dtype(amp, device, key='amp'):
-    """'bf16' / 'fp16' / None -> torch dtype or None for ``device``; mistakes -> ConfigError naming ``key``."""
-    if amp in OFF:
-        return None
-    if not isinstance(amp, str) or amp.lower() not in AMP_DTYPES:
-        raise ConfigError(f'{key}: expected bf16, fp16 or none, got {amp!r}')
-    dtype = AMP_DTYPES[amp.lower()]
-    device_type = torch.device(device).type
-    if dtype == torch.float16 and device_type != 'cuda':
-        raise ConfigError(f'{key}: fp16 needs a CUDA GPU (the device is {device_type}); on the CPU use bf16')
-    if dtype == torch.bfloat16 and device_type == 'cuda' and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f'{key}: this GPU has no bf16 support; use fp16')
-    return dtype
 
 
 def check_tile(tile, overlap, names=('tile', 'tile overlap'), allow_auto=False):
