@@ -113,6 +113,24 @@ def expect_error(root, opt, monkeypatch, *fragments, flags=()):
     return lines[0]
 
 
+
+def save_model(folder, name, seed=0, opt=None, built=None):
+    """A checkpoint ``<name>.pth`` with random weights of ``built`` and an option file ``<name>.yml`` whose
+    ``network_g`` is ``opt`` (each defaults to a tiny HINet, so a different ``opt`` alone makes weights that do not
+    fit); returns the option file's path."""
+    import torch
+    from basicsr.archs import build_network
+    tiny = {'type': 'HINet', 'wf': 4, 'depth': 3}
+    opt, built = opt or tiny, built or tiny
+    torch.manual_seed(seed)
+    ckpt = os.path.join(folder, f'{name}.pth')
+    torch.save({'params': build_network(dict(built)).state_dict()}, ckpt)
+    path = os.path.join(folder, f'{name}.yml')
+    with open(path, 'w') as f:
+        yaml.safe_dump({'network_g': dict(opt), 'path': {'pretrain_network_g': ckpt}}, f)
+    return path
+
+
 def train_module(opt_path, cwd, *extra, **kw):
     """``python -m hinet_plugins.train -opt ...`` in ``cwd`` (experiments/ lands there)."""
     return run_cli([PY, '-m', 'hinet_plugins.train', '-opt', opt_path, *extra], cwd,

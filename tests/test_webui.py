@@ -14,11 +14,8 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
-import torch
-import yaml
-from basicsr.archs import build_network
 
-from conftest import PY, REPO
+from conftest import PY, REPO, save_model
 from hinet_plugins.restore import Restorer
 
 pytest.importorskip('gradio', reason="the web page needs gradio: pip install -e '.[webui]' (Python >= 3.10)")
@@ -58,14 +55,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def save_model(folder, name, seed, opt=NET, built=NET):
-    torch.manual_seed(seed)
-    ckpt = os.path.join(folder, f'{name}.pth')
-    torch.save({'params': build_network(dict(built)).state_dict()}, ckpt)
-    path = os.path.join(folder, f'{name}.yml')
-    with open(path, 'w') as f:
-        yaml.safe_dump({'network_g': dict(opt), 'path': {'pretrain_network_g': ckpt}}, f)
-    return path
 
 
 @pytest.fixture(scope='module')

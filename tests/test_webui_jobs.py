@@ -13,7 +13,7 @@ import torch
 import yaml
 from basicsr.archs import build_network
 
-from conftest import REPO
+from conftest import REPO, save_model
 from hinet_plugins.errors import ConfigError
 from hinet_plugins.restore import Restorer
 from hinet_plugins.webui import RestorePage, find_models, parse_tile
@@ -22,14 +22,6 @@ from hinet_plugins.webui.models import can_detect
 NET = {'type': 'HINet', 'wf': 4, 'depth': 3}
 
 
-def save_model(folder, name, seed=0, opt=NET, built=NET):
-    torch.manual_seed(seed)
-    ckpt = os.path.join(folder, f'{name}.pth')
-    torch.save({'params': build_network(dict(built)).state_dict()}, ckpt)
-    path = os.path.join(folder, f'{name}.yml')
-    with open(path, 'w') as f:
-        yaml.safe_dump({'network_g': dict(opt), 'path': {'pretrain_network_g': ckpt}}, f)
-    return path
 
 
 @pytest.fixture(scope='module')
