@@ -274,6 +274,17 @@ def load_script(path, name):
     return module
 
 
+def call_main(main, argv):
+    """``main(argv)`` of a script in-process, stdout and stderr captured together; returns (exit code, output)."""
+    out, code = io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue()
+
+
 @functools.lru_cache(None)
 def prepare_script():
     return load_script(PREPARE_SCRIPT, 'prepare_data_script')
@@ -281,19 +292,15 @@ def prepare_script():
 
 def prepare(cwd, *args, check=True):
     """``scripts/prepare_data.py ARGS`` run in-process in ``cwd`` (imports paid once); returns (exit code, output)."""
-    out, here = io.StringIO(), os.getcwd()
-    code = 0
+    here = os.getcwd()
     try:
         os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            prepare_script().main([*args, '--no-progress'])
-    except SystemExit as exc:
-        code = exc.code
+        code, out = call_main(prepare_script().main, [*args, '--no-progress'])
     finally:
         os.chdir(here)
     if check and code:
-        raise AssertionError(f'prepare_data {args} failed ({code}):\n{out.getvalue()}')
-    return code, out.getvalue()
+        raise AssertionError(f'prepare_data {args} failed ({code}):\n{out}')
+    return code, out
 
 
 def lmdb_keys(path):

@@ -2,9 +2,7 @@
 ``-opt`` nor ``--arch`` read the architecture from the weights (``hinet_plugins.archs.detect``), in the release
 wrappers, with TLC as before; ``--arch`` / ``--arch-opt`` still override; a checkpoint that fits none is one line,
 exit code 2, nothing written; scripts/detect.py prints the release round-trip table."""
-import contextlib
 import importlib.util
-import io
 import os
 
 import cv2
@@ -13,7 +11,7 @@ import pytest
 import torch
 from basicsr.archs import build_network
 
-from conftest import PY, REPO, run_cli
+from conftest import PY, REPO, call_main, run_cli
 from hinet_plugins.archs import spec_of
 from hinet_plugins.restore import restore_image
 
@@ -34,14 +32,7 @@ WRAPPERS = {  # (network, how the release / basicsr / DDP files hold the weights
 
 
 def run(module, argv):
-    out = io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            module.main(argv)
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue()
+    return call_main(module.main, argv)
 
 
 def save(tmp_path, name, wrap=lambda sd: {'params': sd}, seed=0):

@@ -1,9 +1,7 @@
 """ONNX export (``hinet_plugins.export``, scripts/export.py): dynamic batch, TLC-converted graphs checked with
 onnxruntime against PyTorch (max |diff| <= 1e-4, fp32) on sizes other than the trace size; modules that cannot be
 exported are named; nothing is written then. Every described network at its tiny size: tests/test_every_arch.py."""
-import contextlib
 import importlib.util
-import io
 import os
 
 import numpy as np
@@ -13,7 +11,7 @@ from basicsr.archs import build_network
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from conftest import REPO, write_options
+from conftest import REPO, call_main, write_options
 from hinet_plugins.errors import ConfigError
 from hinet_plugins.archs import spec_of
 from hinet_plugins.export import export_onnx, graph_forms, run_onnx
@@ -106,14 +104,7 @@ if 'ExportProbeNet' not in ARCH_REGISTRY:
 
 
 def run(argv):
-    out = io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            export_script.main(argv)
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue()
+    return call_main(export_script.main, argv)
 
 
 def test_script_plain_tlc_and_errors(tmp_path):

@@ -1,9 +1,7 @@
 """The restore API (``hinet_plugins.restore``) and scripts/inference.py over it, with tiny random-weight nets saved
 as checkpoints: tiling, self-ensemble, TLC, amp, image formats (gray, RGBA, 16-bit, float, odd sizes), option-file
 and --arch model sources, release checkpoint formats, errors."""
-import contextlib
 import importlib.util
-import io
 import os
 
 import cv2
@@ -12,7 +10,7 @@ import pytest
 import torch
 from basicsr.archs import build_network
 
-from conftest import PY, REPO, run_cli, write_options
+from conftest import PY, REPO, call_main, run_cli, write_options
 from hinet_plugins.errors import ConfigError
 from hinet_plugins.restore import Restorer, load_network, restore_image, restore_tensor
 
@@ -44,14 +42,7 @@ def nets(tmp_path_factory):
 
 def run(argv):
     """inference.main in-process; returns (exit code, stdout+stderr)."""
-    out = io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            inference.main([*argv, '--device', 'cpu'])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue()
+    return call_main(inference.main, [*argv, '--device', 'cpu'])
 
 
 def photo(h, w, seed=0):

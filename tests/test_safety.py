@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PY, REPO, base_options, run_launcher, tree, write_options
+from conftest import PY, REPO, base_options, call_main, load_script, run_launcher, tree, write_options
 from hinet_plugins.basicsr_ext.compat import STATE_GLOBALS, read_training_state
 from hinet_plugins.restore import Restorer
 from hinet_plugins.restore.imagefiles import apply_orientation, read_image
@@ -152,20 +152,9 @@ def test_runs_stay_in_their_folders(run_root, tmp_path, key, value, monkeypatch)
 
 # ------------------------------------------------------------------------------------------ inference
 def inference(*args):
-    """``scripts/inference.py ARGS --device cpu`` in-process: (exit code, stderr)."""
-    import contextlib
-    import importlib.util
-    import io
-    spec = importlib.util.spec_from_file_location('inference_script', os.path.join(REPO, 'scripts', 'inference.py'))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    err, code = io.StringIO(), 0
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            script.main([*args, '--device', 'cpu'])
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, err.getvalue()
+    """``scripts/inference.py ARGS --device cpu`` in-process: (exit code, output)."""
+    script = load_script(os.path.join(REPO, 'scripts', 'inference.py'), 'inference_script')
+    return call_main(script.main, [*args, '--device', 'cpu'])
 
 
 @pytest.fixture(scope='module')
