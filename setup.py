@@ -15,7 +15,7 @@ setup(
         'mmengine', 'lmdb', 'opencv-python', 'numpy', 'addict', 'PyYAML', 'tqdm', 'scikit-image', 'matplotlib',
         'tensorboard', 'setuptools',  # setuptools provides distutils to basicsr on Python >= 3.12
         'onnx', 'onnxruntime',  # scripts/export.py: ONNX export and its check
-        'bm3d',  # scripts/demo.py: the BM3D baseline column (hinet_plugins/data/demo_baselines.py)
+        'bm3d',  # scripts/demo.py: the BM3D baseline column (hinet_plugins/demo/baselines.py)
     ],
     extras_require={
         'test': ['pytest'],

@@ -35,7 +35,7 @@ compiled ones, then the remaining configurations likewise, and leaves out (and l
 seconds (estimate: the same configuration's last measurement; for compile, the longest compile measured so far,
 ``--compile-estimate`` before the first).
 
-Data loading: BasicSR's ``PairedImageDataset`` from a temporary LMDB (built from ``hinet_plugins.data.demo_data``
+Data loading: BasicSR's ``PairedImageDataset`` from a temporary LMDB (built from ``hinet_plugins.demo.data``
 crops) with ``gt_size`` = ``--size``, flips and rotations, through basicsr's ``build_dataloader`` with
 ``--workers`` workers (default: ``datasets.train.num_worker_per_gpu`` of ``--opt``, else min(8, CPUs)); its
 images/s is printed next to the fastest training consumption rate. On a CPU-only machine loader and training

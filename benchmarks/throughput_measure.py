@@ -198,7 +198,7 @@ def _measure(net_opt, switch, args, device, workdir):
 def loader_throughput(args, workers, tmp):
     """Images/s of basicsr's LMDB PairedImageDataset (+ flips, rotations) through its own dataloader builder."""
     from basicsr.data import build_dataloader, build_dataset
-    from hinet_plugins.data.demo_data import TRAIN_PHOTOS, load_photo, make_demo_dataset
+    from hinet_plugins.demo.data import TRAIN_PHOTOS, load_photo, make_demo_dataset
     patch = args.size + args.size // 4  # stored crops larger than gt_size, as in prepared SIDD/GoPro LMDBs
     max_side = max(512, 2 * patch)
     photos = tuple(p for p in TRAIN_PHOTOS if min(load_photo(p).shape[:2]) >= patch)

@@ -219,7 +219,7 @@ def bench_ops(args, device):
 
 def fast_error(args):
     import cv2
-    from hinet_plugins.data.demo_data import load_photo
+    from hinet_plugins.demo.data import load_photo
     print('Fast vs exact TLC on natural-image features (photo + horizontal gradient, 720x1280): mean |difference| '
           'of the local instance norm output, and of the local mean / feature std\n')
     print('| photo | window | stride r | IN output: mean abs diff | IN output: 99.9th pct | local mean: diff / std |')

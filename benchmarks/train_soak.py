@@ -78,7 +78,7 @@ def main():
     sys.path.insert(0, ROOT)
     work = tempfile.mkdtemp(prefix='hinet_soak_')
     try:
-        from hinet_plugins.data.demo_data import make_demo_dataset
+        from hinet_plugins.demo.data import make_demo_dataset
         with open(os.devnull, 'w') as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
             data = make_demo_dataset(os.path.join(work, 'data'), **DATA_SETTINGS)  # (LMDB writer's progress bars)
         with open(os.path.join(ROOT, 'options', 'train', 'HINet-Demo.yml')) as f:

@@ -27,7 +27,7 @@ PY = sys.executable
 @pytest.fixture(scope='session')
 def tiny_data(tmp_path_factory):
     """40 training crops of 64x64 (rocket, astronaut) and one 128-px validation photo, noise sigma 25."""
-    from hinet_plugins.data.demo_data import make_demo_dataset
+    from hinet_plugins.demo.data import make_demo_dataset
     root = tmp_path_factory.mktemp('tiny_data')
     return make_demo_dataset(str(root), patch=64, stride=48, max_side=256, train_photos=('rocket', 'astronaut'),
                              val_photos=('chelsea',), val_max_side=128)
@@ -245,7 +245,7 @@ PREPARE_SCRIPT = os.path.join(REPO, 'scripts', 'prepare_data.py')
 
 @functools.lru_cache(None)
 def _photo():
-    from hinet_plugins.data.demo_data import load_photo
+    from hinet_plugins.demo.data import load_photo
     return load_photo('astronaut')
 
 
@@ -253,7 +253,7 @@ def photo_pair(h, w, seed):
     """(clean, noisy) BGR uint8 crops of h x w from skimage's astronaut, placed by ``seed``."""
     import cv2
     import numpy as np
-    from hinet_plugins.data.demo_data import degrade
+    from hinet_plugins.demo.data import degrade
     photo = _photo()
     y, x = 17 * seed % (photo.shape[0] - h), 29 * seed % (photo.shape[1] - w)
     clean = cv2.cvtColor(np.ascontiguousarray(photo[y:y + h, x:x + w]), cv2.COLOR_RGB2BGR)

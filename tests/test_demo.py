@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, load_option_file, on_tiny_data, train_module, write_options
-from hinet_plugins import demo_report
-from hinet_plugins.data import demo_baselines
-from hinet_plugins.data.demo_data import degrade, load_photo
+from conftest import REPO, load_option_file, load_script, on_tiny_data, train_module, write_options
+from hinet_plugins.demo import report as demo_report
+from hinet_plugins.demo import baselines as demo_baselines
+from hinet_plugins.demo.data import degrade, load_photo
 
 
 def _tiny(name='chelsea', side=48, sigma=25.0, seed=3):
@@ -112,12 +112,11 @@ def test_demo_trains_one_network_on_fresh_noise():
     train = opt['datasets']['train']
     assert train['type'] == 'Dataset_GaussianDenoising' and train['dataroot_gt'] == 'datasets/demo/train_gt.lmdb'
     assert (train['sigma_type'], train['sigma_range'], train['quantize']) == ('constant', 25, True)
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('demo_script', os.path.join(REPO, 'scripts', 'demo.py'))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    assert demo.OPTIONS == ('options/train/HINet-Demo.yml',)
-    assert demo.DATA_SETTINGS['sigma'] == 25.0 and demo.DATA_SETTINGS['train_lq'] is False
+    from hinet_plugins.demo import run
+    script = load_script(os.path.join(REPO, 'scripts', 'demo.py'), 'demo_script')
+    assert script.run_demo is run.run_demo
+    assert run.OPTIONS == ('options/train/HINet-Demo.yml',)
+    assert run.DATA_SETTINGS['sigma'] == 25.0 and run.DATA_SETTINGS['train_lq'] is False
 
 
 @pytest.mark.slow

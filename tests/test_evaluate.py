@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import PY, REPO, run_cli, write_options
-from hinet_plugins.data.demo_data import degrade, load_photo
+from hinet_plugins.demo.data import degrade, load_photo
 
 SCRIPT = os.path.join(REPO, 'scripts', 'evaluate.py')
 SIZES = ((48, 64), (64, 56), (40, 40))

@@ -108,7 +108,7 @@ def test_fast_mode_strides_and_error():
     assert L.fast_stride(361, 192, 5) == 1            # nothing divides: exact
     assert L.fast_stride(400, 20, 5) == 2             # keeps >= MIN_FAST_SAMPLES samples per window side
     # natural-image features (a photo and its horizontal gradient): sampled statistics stay close to exact ones
-    from hinet_plugins.data.demo_data import load_photo
+    from hinet_plugins.demo.data import load_photo
     img = torch.from_numpy(load_photo('chelsea')[:240, :400]).permute(2, 0, 1)[None].float() / 255
     x = torch.cat([img, F.pad(img[..., 1:] - img[..., :-1], (0, 1))], 1)
     exact, fast = L.local_instance_norm(x, (120, 120)), L.local_instance_norm(x, (120, 120), stride=(5, 5))

@@ -2,7 +2,7 @@
 
 Clean photos are degraded synthetically (Gaussian noise of a fixed seed, optionally a mild Gaussian blur first)
 and written as image folders and/or LMDB with basicsr's own LMDB writer, in the layout BasicSR's
-``PairedImageDataset`` reads. Used by the demo (``scripts/demo.py``) and by the tests.
+``PairedImageDataset`` reads. Used by the demo (``hinet_plugins.demo.run``) and by the tests.
 """
 import os
 import shutil

@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 from basicsr.metrics import calculate_psnr
 
-from .demo_data import _max_side, degrade, load_photo
+from .data import _max_side, degrade, load_photo
 
 NLM_GRID = tuple(range(8, 27, 2))
-NLM_TUNING_PHOTOS = ('rocket', 'camera')  # from demo_data.TRAIN_PHOTOS: tuning never sees a held-out photo
+NLM_TUNING_PHOTOS = ('rocket', 'camera')  # from data.TRAIN_PHOTOS: tuning never sees a held-out photo
 
 
 def nlm_denoise(noisy_bgr, h):

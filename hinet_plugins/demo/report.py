@@ -1,6 +1,6 @@
 """The demo's report: score every method on the held-out photos and print it as markdown tables.
 
-A *method* is a column: the noisy input itself, the classical baselines (``data/demo_baselines``) and each trained
+A *method* is a column: the noisy input itself, the classical baselines (``demo/baselines``) and each trained
 network with and without TLC. PSNR / SSIM are basicsr's ``calculate_psnr`` / ``calculate_ssim`` on the RGB
 uint8 images (crop border 0, not the Y channel), the same as the training's validation. The verdict line compares
 the best trained network with BM3D, whichever wins, as measured. The side-by-side picture has a title over every
