@@ -1,30 +1,26 @@
-"""Parameters and MACs at 1x3x256x256 of every architecture preset, beside the papers' figures.
+"""Parameters and MACs of every architecture preset, beside the papers' figures (``scripts/complexity.py``).
 
-    python scripts/complexity.py [--markdown] [--only LABEL_SUBSTRING] [--size 256] [--no-macs]
-
-Every network's description (``hinet_plugins.archs.specs()``, ``ArchSpec.configs``: label, keywords, reference
-params, reference MACs in G, note) is measured. Params and MACs come from mmengine's
-model-complexity analysis (``get_model_complexity_info``, one input tensor), which counts a multiply-add as one MAC,
-charges normalisation layers ~5 MACs per element and ignores element-wise ops (add, activations, gating).
-
-Why two MAC columns. A transposed convolution with a kxk kernel and stride s does Cin*Cout*k*k multiply-adds per
-*input* pixel; mmengine (and fvcore) count exactly that. thop-style counters charge the same Cin*k*k per *output*
-pixel and channel, as for a normal convolution, which is s^2 times more (4x for HINet's 2x2 stride-2 up-sampling).
-The "thop convention" column is mmengine's total plus that extra for every transposed conv (measured with forward
-hooks on the ``nn.ConvTranspose*d`` modules during mmengine's own trace). The HINet paper's Table 4 figures
-(170.71 G for 1x, 42.88 G for 0.5x) follow the thop convention: mmengine gives 157.64 G / 39.56 G, the thop
-convention 170.5 G / 42.8 G (the remaining ~0.1% is how each counter charges normalisation and activation layers).
+The presets are every described network's configurations (``hinet_plugins.archs.specs()``, ``ArchSpec.configs``);
+``benchmarks/throughput.py`` reads the same list through :func:`collect_presets`. Params and MACs come from
+mmengine's ``get_model_complexity_info`` (one input tensor; a multiply-add is one MAC). Two MAC columns, because
+counters disagree on transposed convolutions: mmengine (and fvcore) charge Cin*Cout*k*k per *input* pixel, thop
+charges it per *output* pixel (s^2 times more for stride s); most papers' figures (HINet's Table 4) follow thop.
+The "paper conv." column is mmengine's total plus that extra for every transposed conv, measured with forward
+hooks during mmengine's own trace; a reference counted with ptflops (``macs_counter``, Restormer) is compared
+with mmengine minus the transposed attention's matrix products, which ptflops leaves out.
 """
-import argparse
 import sys
 import time
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-import hinet_plugins  # noqa: F401  (compat + registration)
-from hinet_plugins import archs
-from hinet_plugins.archs.blocks import TransposedAttention
+from .. import archs
+from ..archs.blocks import TransposedAttention
+from ..errors import ConfigError
+
+Preset = Tuple[str, dict]  # (network name, {'label', 'opt', 'ref_params', 'ref_macs_g', 'note', ...})
 
 FOOTNOTE = ('MACs: multiply-accumulates at 1x3x{size}x{size}, mmengine `get_model_complexity_info`. "paper conv." '
             'is the counting behind the reference figure: by default thop\'s, which charges every stride-s '
@@ -35,13 +31,13 @@ FOOTNOTE = ('MACs: multiply-accumulates at 1x3x{size}x{size}, mmengine `get_mode
             '(Restormer). Δ = ours vs the reference.')
 
 
-def quiet_mmengine():
+def quiet_mmengine() -> None:
     """mmengine warns once per element-wise op it does not count (add, leaky_relu, ...): keep the table readable."""
     from mmengine.logging import MMLogger
     MMLogger.get_instance('hinet_complexity', log_level='ERROR')
 
 
-def uncovered_archs(presets):
+def uncovered_archs(presets: List[Preset]) -> List[str]:
     """Architectures registered by this package that no preset measures (e.g. converted TLC variants)."""
     from basicsr.utils.registry import ARCH_REGISTRY
     covered = {p['opt']['type'] for _, p in presets}
@@ -49,19 +45,19 @@ def uncovered_archs(presets):
                   if cls.__module__.startswith('hinet_plugins') and name not in covered)
 
 
-def collect_presets():
+def collect_presets() -> List[Preset]:
     """[(network name, preset dict)] from every described network's configurations (``ArchSpec.configs``)."""
     return [(name, dict(label=c.label, opt=spec.options(c.kwargs), ref_params=c.params, ref_macs_g=c.macs_g,
                         note=c.note, macs_ref_counter=c.macs_counter))
             for name, spec in archs.specs().items() for c in spec.configs]
 
 
-def build(opt):
+def build(opt: dict) -> nn.Module:
     from basicsr.archs import build_network
     return build_network(dict(opt))
 
 
-def transposed_conv_extra(module, inp, out):
+def transposed_conv_extra(module: nn.Module, inp: tuple, out: torch.Tensor) -> int:
     """thop-style MACs minus mmengine's for one transposed conv call (per output vs per input pixel)."""
     x, y = inp[0], out
     per_pixel = module.in_channels // module.groups * module.out_channels
@@ -70,7 +66,7 @@ def transposed_conv_extra(module, inp, out):
     return x.shape[0] * per_pixel * (y[0, 0].numel() - x[0, 0].numel())
 
 
-def measure(net, size=256, macs=True):
+def measure(net: nn.Module, size: int = 256, macs: bool = True) -> dict:
     """{'params', 'macs', 'macs_thop'} for ``net`` on a 1x3xsize x size input (MACs None when ``macs`` is False)."""
     params = sum(p.numel() for p in net.parameters())
     if not macs:
@@ -119,7 +115,9 @@ HEADER = ('Model', 'Params (M)', 'Ref. params (M)', 'Δ params', 'MACs mmengine 
           'Paper MACs (G)', 'Δ mmengine', 'Δ paper conv.', 'Reference')
 
 
-def rows_for(presets, size=256, macs=True, log=print):
+def rows_for(presets: List[Preset], size: int = 256, macs: bool = True,
+             log: Callable = print) -> List[Tuple[str, ...]]:
+    """One table row per preset (each network built and measured); ``log`` gets one timing line per preset."""
     rows = []
     for module_name, p in presets:
         start = time.time()
@@ -136,7 +134,8 @@ def rows_for(presets, size=256, macs=True, log=print):
     return rows
 
 
-def render(rows, markdown=True, size=256):
+def render(rows: List[Tuple[str, ...]], markdown: bool = True, size: int = 256) -> str:
+    """The rows as a markdown table or aligned text, with the footnote on the MAC counting."""
     if markdown:
         lines = ['| ' + ' | '.join(HEADER) + ' |', '|' + '|'.join(['---'] + ['---:'] * 8 + ['---']) + '|']
         lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
@@ -147,28 +146,27 @@ def render(rows, markdown=True, size=256):
         + '\n\n' + FOOTNOTE.format(size=size)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--only', help='measure only presets whose label contains this (case-insensitive)')
-    parser.add_argument('--markdown', action='store_true', help='markdown table (default: aligned text)')
-    parser.add_argument('--size', type=int, default=256, help='input height/width (default 256)')
-    parser.add_argument('--no-macs', action='store_true', help='parameters only (fast)')
-    args = parser.parse_args(argv)
-    presets = collect_presets()
-    if args.only:
-        presets = [(m, p) for m, p in presets if args.only.lower() in p['label'].lower()]
-        if not presets:
-            labels = ', '.join(p['label'] for _, p in collect_presets())
-            print(f"complexity: error: no preset label contains '{args.only}'. Labels: {labels}", file=sys.stderr)
-            sys.exit(2)
+def select(presets: List[Preset], only: Optional[str]) -> List[Preset]:
+    """The presets whose label contains ``only`` (case-insensitive; all when ``only`` is empty)."""
+    if not only:
+        return presets
+    chosen = [(m, p) for m, p in presets if only.lower() in p['label'].lower()]
+    if not chosen:
+        labels = ', '.join(p['label'] for _, p in presets)
+        raise ConfigError(f"no preset label contains '{only}'. Labels: {labels}")
+    return chosen
+
+
+def complexity_table(only: Optional[str] = None, markdown: bool = False, size: int = 256, macs: bool = True) -> str:
+    """The whole table of ``scripts/complexity.py``: the presets matching ``only`` measured at ``size``, and the
+    registered architectures no preset covers (when every preset is measured). A bad ``only`` or ``size`` is a
+    ``ConfigError``."""
+    if size < 1:
+        raise ConfigError(f'--size {size}: the input size must be a positive number of pixels')
+    presets = select(collect_presets(), only)
     quiet_mmengine()
-    table = render(rows_for(presets, args.size, not args.no_macs), args.markdown, args.size)
+    table = render(rows_for(presets, size, macs), markdown, size)
     missing = uncovered_archs(collect_presets())
-    if missing and not args.only:
+    if missing and not only:
         table += '\n\nRegistered architectures without a preset (not measured): ' + ', '.join(missing)
-    print(table)
     return table
-
-
-if __name__ == '__main__':
-    main()
