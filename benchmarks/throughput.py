@@ -23,7 +23,7 @@ at test time and are skipped). Paper configuration = the first ``ArchSpec.config
 the constructor defaults); 0.5x = a preset of that type labelled "0.5x", else every width argument halved
 (``wf``, ``n_feat``, ``*feats``, ``width``, ``dim``, ``num_feat``, ``base_channels``).
 ``--presets all`` (or label substrings) measures the ``ArchSpec.configs`` entries themselves, each under its
-label, read through ``scripts/complexity.py``'s ``collect_presets``: an architecture file that lands with a
+label, read through ``hinet_plugins.utils.complexity.collect_presets``: an architecture file that lands with a
 preset list (Restormer, NAFNet, ...) is measured without a change here. ``--width-divisor`` shrinks every width
 argument (dry runs).
 
@@ -46,7 +46,6 @@ functions below (``parse_args``, ``measurement_plan``, ``run_plan``, ``report``)
 """
 import argparse
 import gc
-import importlib.util
 import inspect
 import os
 import re
@@ -76,11 +75,9 @@ def registered_archs():
 
 
 def all_presets():
-    """Every configuration of every network's description (``ArchSpec.configs``, via ``scripts/complexity.py``)."""
-    spec = importlib.util.spec_from_file_location('complexity_script', os.path.join(REPO, 'scripts', 'complexity.py'))
-    complexity = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(complexity)
-    return [preset for _, preset in complexity.collect_presets()]
+    """Every configuration of every network's description (``ArchSpec.configs``, via ``utils.complexity``)."""
+    from hinet_plugins.utils.complexity import collect_presets
+    return [preset for _, preset in collect_presets()]
 
 
 def scaled_width(name, opt, divisor):

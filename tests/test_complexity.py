@@ -1,16 +1,15 @@
-"""scripts/complexity.py: HINet's parameter counts and MACs (mmengine and thop convention) at 1x3x256x256."""
-import importlib.util
+"""scripts/complexity.py and hinet_plugins.utils.complexity: HINet's parameter counts and MACs (mmengine and thop
+convention) at 1x3x256x256, and the script's one-line errors."""
 import os
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import REPO
+from conftest import REPO, call_main, load_script
+from hinet_plugins.utils import complexity
 
-spec = importlib.util.spec_from_file_location('complexity_script', os.path.join(REPO, 'scripts', 'complexity.py'))
-complexity = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(complexity)
+script = load_script(os.path.join(REPO, 'scripts', 'complexity.py'), 'complexity_script')
 
 
 def _row(table, label):
@@ -18,7 +17,7 @@ def _row(table, label):
 
 
 def test_hinet_half_width_params_and_macs(capsys):
-    table = complexity.main(['--only', 'HINet 0.5x', '--markdown'])
+    table = script.main(['--only', 'HINet 0.5x', '--markdown'])
     assert torch.is_grad_enabled()  # the script must not switch autograd off for the rest of the process
     row = _row(table, 'HINet 0.5x')
     # columns: label, params (M), ref params, Δ params, MACs mmengine, MACs thop conv., paper MACs, Δ, Δ, note
@@ -48,5 +47,14 @@ def test_thop_convention_charges_transposed_convs_stride_squared():
 
 def test_unknown_label_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as exc:
-        complexity.main(['--only', 'NoSuchNet', '--no-macs'])
-    assert exc.value.code == 2 and "no preset label contains 'NoSuchNet'" in capsys.readouterr().err
+        script.main(['--only', 'NoSuchNet', '--no-macs'])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no preset label contains 'NoSuchNet'" in err
+    assert err.startswith('hinet_plugins: error: complexity: ') and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize('argv', [['--no-such-flag'], ['--size', 'big'], ['--size', '0', '--no-macs']])
+def test_usage_mistakes_are_one_line(argv):
+    code, out = call_main(script.main, argv)
+    assert code == 2 and len(out.splitlines()) == 1, out
+    assert out.startswith('hinet_plugins: error: complexity: ') and 'Traceback' not in out
