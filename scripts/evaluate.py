@@ -6,16 +6,18 @@
 ``--y`` scores the Y channel (BT.601, basicsr's ``test_y_channel``), ``--crop-border N`` leaves N pixels out on each
 side. basicsr's test names its images ``<name>_<suffix>.png``; the suffix is found and stripped (``--suffix`` sets
 it). Writes a CSV (one line per image and the mean; default ``metrics.csv`` in the restored folder) and prints a
-markdown table. The numbers equal basicsr's validation on the same images (see ``hinet_plugins/evaluate.py``).
+markdown table. The numbers equal basicsr's validation on the same images (see ``hinet_plugins/restore/evaluation.py``).
 """
 import argparse
 import os
 import sys
 
-import hinet_plugins  # noqa: F401  (compat before basicsr)
-from hinet_plugins import evaluate
-from hinet_plugins.cli import ArgumentParser
-from hinet_plugins.errors import ConfigError
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's package first
+
+import hinet_plugins  # noqa: E402,F401  (compat before basicsr)
+from hinet_plugins.cli import ArgumentParser  # noqa: E402
+from hinet_plugins.errors import ConfigError  # noqa: E402
+from hinet_plugins.restore import evaluation  # noqa: E402
 
 
 def build_parser():
@@ -32,15 +34,15 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        rows, suffix = evaluate.evaluate_folders(args.restored, args.gt, y=args.y, crop_border=args.crop_border,
-                                                 suffix=args.suffix)
-        path = evaluate.write_csv(rows, args.csv or os.path.join(args.restored, 'metrics.csv'))
+        rows, suffix = evaluation.evaluate_folders(args.restored, args.gt, y=args.y, crop_border=args.crop_border,
+                                                   suffix=args.suffix)
+        path = evaluation.write_csv(rows, args.csv or os.path.join(args.restored, 'metrics.csv'))
     except ConfigError as err:
         print(f'hinet_plugins: error: {err}', file=sys.stderr, flush=True)
         sys.exit(2)
     if suffix:
         print(f"(restored names paired with the ground truth after stripping '{suffix}')")
-    print(evaluate.markdown_table(rows, y=args.y, crop_border=args.crop_border))
+    print(evaluation.markdown_table(rows, y=args.y, crop_border=args.crop_border))
     print(f'CSV: {path}')
     return rows
 

@@ -14,6 +14,7 @@
 - ``restoring``: image arrays and tensors -> restored ones (tiling, x8 self-ensemble, amp).
 - ``autotile``: ``tile='auto'``, the largest tile that fits a memory budget (or the whole image).
 - ``imagefiles``: image files read/decoded and written/encoded (16-bit, alpha, gray + alpha kept; EXIF orientation applied).
+- ``evaluation``: a folder of restored images scored against its ground truth (``scripts/evaluate.py``).
 """
 from .loading import (build_net, input_channels, load_network, load_weights, network_spec,  # noqa: F401
                       parse_key_values, read_checkpoint)

@@ -14,8 +14,8 @@ import os
 import cv2
 import numpy as np
 
-from .errors import ConfigError
-from .utils.images import IMG_EXTS
+from ..errors import ConfigError
+from ..utils.images import IMG_EXTS
 
 MAX_LISTED = 12
 SSIM_WINDOW = 11  # basicsr's SSIM: an 11x11 Gaussian window, valid positions only
