@@ -204,3 +204,33 @@ def test_backend_follows_the_device(monkeypatch, cuda, expected):
     assert calls.get('device') == (1 if cuda else None)  # LOCAL_RANK % device_count; no CUDA call on CPU
     monkeypatch.setenv('BASICSR_DIST_BACKEND', 'gloo')
     assert compat.dist_backend() == 'gloo'  # explicit override wins
+
+
+# ---------------------------------------------------------------------------------------------- DDP wrapping
+@pytest.mark.parametrize('device', ['cpu', 'cuda'])
+def test_ddp_wrapping_names_a_cuda_device_only_on_cuda(monkeypatch, device):
+    """basicsr's ``BaseModel.model_to_device`` is ``basicsr_ext.compat``'s (every model type wraps that way), and our
+    model's own hook (the speed switches) prepares the net before it, through ``super()``."""
+    import types
+
+    import torch.nn.parallel
+    from basicsr.models.base_model import BaseModel
+
+    from hinet_plugins.models.restoration_model import MultiStageRestorationModel
+    from hinet_plugins.models.speed import SpeedSwitchesMixin
+    assert BaseModel.model_to_device is compat.model_to_device
+    assert MultiStageRestorationModel.model_to_device is SpeedSwitchesMixin.model_to_device
+    mro = MultiStageRestorationModel.__mro__
+    assert mro.index(SpeedSwitchesMixin) < mro.index(BaseModel)
+
+    wrapped = {}
+    monkeypatch.setattr(torch.nn.parallel, 'DistributedDataParallel',
+                        lambda net, device_ids, find_unused_parameters: wrapped.update(
+                            device_ids=device_ids, find_unused=find_unused_parameters) or net)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 1)
+    net = torch.nn.Conv2d(1, 1, 1)
+    monkeypatch.setattr(net, 'to', lambda device: net)
+    model = types.SimpleNamespace(device=torch.device(device), opt={'dist': True, 'num_gpu': 1,
+                                                                     'find_unused_parameters': True})
+    assert compat.model_to_device(model, net) is net
+    assert wrapped == {'device_ids': [1] if device == 'cuda' else None, 'find_unused': True}

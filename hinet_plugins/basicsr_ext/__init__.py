@@ -2,10 +2,10 @@
 
 Importing it applies the import shims ``import basicsr`` needs on today's stack (``compat``, first: import this
 package before anything imports basicsr); ``install()`` then puts every hook in place (``hinet_plugins`` calls
-it once): ``compat`` (resume states, process groups, wandb), ``resume`` (exact resume, one rank decides),
-``data.unreadable_images`` (the undecodable file named) and ``launch`` (our safe ``parse_options``, followed by
-``options_check`` and ``preflight``, so a rejected command changes nothing on disk). ``vgg`` builds basicsr's
-VGG from a local file without the download.
+it once): ``compat`` (resume states, process groups, wandb, DDP on the CPU), ``resume`` (exact resume, one rank
+decides), ``data.unreadable_images`` (the undecodable file named) and ``launch`` (our safe ``parse_options``,
+followed by ``options_check`` and ``preflight``, so a rejected command changes nothing on disk). ``vgg`` builds
+basicsr's VGG from a local file without the download.
 
 The rest of the package uses only this surface (plus ``hinet_plugins.errors``):
 ``install()``; ``load_yaml(path)`` (an option file read safely, ConfigError naming it); ``decode_image(dataset,

@@ -2,13 +2,14 @@
 
 basicsr is used as installed from the package index; nothing in site-packages is edited. Importing this module
 applies the two import shims that ``import basicsr`` needs (so it must be imported before anything imports
-basicsr: ``hinet_plugins.basicsr_ext`` does so first); ``install()`` then replaces three upstream functions. Each
-patch's docstring says what breaks upstream and when to drop it:
+basicsr: ``hinet_plugins.basicsr_ext`` does so first); ``install()`` then replaces three upstream functions and
+one method. Each patch's docstring says what breaks upstream and when to drop it:
 
 - ``_alias_functional_tensor``, ``_provide_distutils_version``: import shims;
 - ``load_resume_state``: CPU-safe, code-free training states, looked up in the run's own folder;
 - ``init_dist``: gloo without a GPU, ``LOCAL_RANK`` for the device, slurm's variables;
-- ``init_wandb_logger``: today's wandb, files under the run folder.
+- ``init_wandb_logger``: today's wandb, files under the run folder;
+- ``model_to_device`` (``BaseModel``'s): DDP wrapping that also works on the CPU.
 """
 import collections
 import io
@@ -71,6 +72,7 @@ _provide_distutils_version()
 warnings.filterwarnings('ignore', category=DeprecationWarning, module=r'basicsr\..*')
 
 import basicsr  # noqa: E402
+import basicsr.models.base_model as _bsr_base_model  # noqa: E402
 import basicsr.test as _bsr_test  # noqa: E402
 import basicsr.train as _bsr_train  # noqa: E402
 import basicsr.utils.dist_util as _bsr_dist  # noqa: E402
@@ -243,6 +245,24 @@ def init_wandb_logger(opt):
     get_root_logger().info(f"Use wandb logger with id={run_id}; project={settings['project']}; files in {folder}.")
 
 
+def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
+    """The model's network on its device, wrapped for DDP (``dist``) or DataParallel (several GPUs). Upstream's
+    ``BaseModel.model_to_device`` passes ``device_ids=[torch.cuda.current_device()]`` to DistributedDataParallel
+    even for a CPU model (gloo), which fails without CUDA; here ``device_ids`` is given on CUDA only. Installed as
+    the method of ``basicsr.models.base_model.BaseModel``, so every model type wraps this way; a model's own
+    ``model_to_device`` (``SpeedSwitchesMixin``: channels_last, checkpointing) prepares the net first and then
+    calls it through ``super()``. Drop when upstream omits ``device_ids`` for CPU models."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    net = net.to(self.device)
+    if self.opt['dist']:
+        device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+        net = DistributedDataParallel(
+            net, device_ids=device_ids, find_unused_parameters=self.opt.get('find_unused_parameters', False))
+    elif self.opt['num_gpu'] > 1:
+        net = DataParallel(net)
+    return net
+
+
 def install() -> None:
     """Replace upstream's functions by the ones above (idempotent); ``basicsr_ext.install`` calls it."""
     if getattr(basicsr, '_hinet_plugins_patched', False):
@@ -250,4 +270,5 @@ def install() -> None:
     _bsr_train.init_wandb_logger = init_wandb_logger  # a module global of train_pipeline's init_tb_loggers
     _bsr_train.load_resume_state = load_resume_state  # looked up as a module global by train_pipeline
     _bsr_dist.init_dist = _bsr_options.init_dist = init_dist
+    _bsr_base_model.BaseModel.model_to_device = model_to_device
     basicsr._hinet_plugins_patched = True

@@ -6,10 +6,11 @@ checkpoint layout, resume) and adds what multi-stage networks need, one concern 
 ``train.stage_weights``; the loss protocol (``needs_lq``: called with ``lq=``; ``multi_stage``: called once with
 all stages; ``log_dict()``: extra scalars; trainable losses get their own param group, DDP averaging and a place
 in the training state); ``train.loss_on_clamped``; ``train.accumulate_grad_batches``; gradient clipping
-(``train.use_grad_clip``); DDP wrapping that also works on the CPU (``DeviceSafeSRModel``); logs per loss
-and ``l_pix`` for the total (the releases' name); a non-finite loss stops the run. Elsewhere: validation, grids
-and TLC (``evaluation.py``), checkpoints and every rank's random states (``checkpointing.py``), schedulers
-(``lr_schedulers.py``), per-iteration batch transforms (``batch_augment.py``), speed switches (``speed.py``).
+(``train.use_grad_clip``); logs per loss and ``l_pix`` for the total (the releases' name); a non-finite loss
+stops the run. Elsewhere: validation, grids and TLC (``evaluation.py``), checkpoints and every rank's random
+states (``checkpointing.py``), schedulers (``lr_schedulers.py``), per-iteration batch transforms
+(``batch_augment.py``), speed switches (``speed.py``); DDP wrapping that also works on the CPU is basicsr's
+``model_to_device`` as ``basicsr_ext.compat`` patches it.
 ``ImageRestorationModel`` / ``ImageCleanModel`` are the releases' names (gradient clipping on by default).
 """
 from collections import OrderedDict
@@ -21,7 +22,7 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import MODEL_REGISTRY
-from torch.nn.parallel import DataParallel, DistributedDataParallel
+from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError, TrainingDivergedError
 from .batch_augment import build_batch_transforms
@@ -44,28 +45,8 @@ def accumulate_grad_batches(train_opt: dict) -> int:
     return n
 
 
-class DeviceSafeSRModel(SRModel):
-    """basicsr's ``SRModel`` whose ``model_to_device`` also works on the CPU under DDP.
-
-    Upstream's ``BaseModel.model_to_device`` passes ``device_ids=[torch.cuda.current_device()]`` to
-    DistributedDataParallel even for a CPU model (gloo), which fails without CUDA. Here ``device_ids`` is given only
-    on CUDA. Sits below ``SpeedSwitchesMixin`` in the MRO, so the speed switches prepare the net before wrapping.
-    Drop when upstream omits ``device_ids`` for CPU models.
-    """
-
-    def model_to_device(self, net):
-        net = net.to(self.device)
-        if self.opt['dist']:
-            device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
-            net = DistributedDataParallel(
-                net, device_ids=device_ids, find_unused_parameters=self.opt.get('find_unused_parameters', False))
-        elif self.opt['num_gpu'] > 1:
-            net = DataParallel(net)
-        return net
-
-
 @MODEL_REGISTRY.register()
-class MultiStageRestorationModel(EvaluationMixin, CheckpointMixin, SpeedSwitchesMixin, DeviceSafeSRModel):
+class MultiStageRestorationModel(EvaluationMixin, CheckpointMixin, SpeedSwitchesMixin, SRModel):
     """See the module docstring. ``model_type: MultiStageRestorationModel``."""
 
     default_grad_clip = False
