@@ -150,10 +150,6 @@ class UNetConvBlock(nn.Module):
         if downsample:
             self.downsample = nn.Conv2d(out_size, out_size, kernel_size=4, stride=2, padding=1, bias=False)
 
-    @property
-    def use_HIN(self):  # noqa: N802  (the release's attribute name)
-        return self.norm_type == 'hin'
-
     def _normalise(self, out):
         if self.norm_type in ('hin', 'ibn'):
             half = self.norm.num_features
