@@ -58,7 +58,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import hinet_plugins  # noqa: E402  (compat + registration)
+import hinet_plugins  # noqa: E402,F401  (compat + registration)
 from hinet_plugins import archs  # noqa: E402
 from hinet_plugins.errors import ConfigError  # noqa: E402
 

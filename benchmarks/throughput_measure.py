@@ -139,6 +139,12 @@ def measure(net_opt, switch, args, device, workdir):
     """{'train': s, 'train_mem': bytes, 'first': s, 'fwd': s, 'fwd_mem': bytes, 'note': str} for one switch set."""
     with fp32_precision('tf32' in switch.split('+')):
         res = _measure(net_opt, switch, args, device, workdir)
+    # the model of _measure is out of scope now: free it (and its compiled graphs) before the next switch set
+    if 'compile' in switch:
+        torch._dynamo.reset()
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
     if 'tf32' in switch.split('+') and device.type != 'cuda':
         res['note'] = (res['note'] + ' TF32 is a CUDA setting: fp32 here').strip()
     return res
@@ -185,12 +191,6 @@ def _measure(net_opt, switch, args, device, workdir):
         mem.start()
         res['fwd'] = min(timed(forward, device) for _ in range(args.repeats))
         res['fwd_mem'] = mem.peak()
-    del model
-    if 'compile' in switch:
-        torch._dynamo.reset()
-    gc.collect()
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
     return res
 
 

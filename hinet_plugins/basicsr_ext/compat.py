@@ -43,7 +43,7 @@ def _provide_distutils_version():
     """``distutils`` is gone from the standard library on Python >= 3.12, but ``basicsr/archs/arch_util.py:6``
     imports ``distutils.version.LooseVersion``: setuptools' copy, or a tiny stand-in. Drop with the same release."""
     try:
-        from distutils.version import LooseVersion  # noqa: F401
+        import distutils.version  # noqa: F401  (setuptools' copy, with LooseVersion)
         return
     except ImportError:
         pass
@@ -73,7 +73,7 @@ warnings.filterwarnings('ignore', category=DeprecationWarning, module=r'basicsr\
 
 import basicsr  # noqa: E402
 import basicsr.models.base_model as _bsr_base_model  # noqa: E402
-import basicsr.test as _bsr_test  # noqa: E402
+import basicsr.test as _bsr_test  # noqa: E402,F401  (launch.py uses it)
 import basicsr.train as _bsr_train  # noqa: E402
 import basicsr.utils.dist_util as _bsr_dist  # noqa: E402
 import basicsr.utils.options as _bsr_options  # noqa: E402

@@ -18,7 +18,7 @@ import torch
 from basicsr.utils import get_root_logger
 
 from ..errors import ConfigError, TrainingDivergedError
-from ..utils.amp import AMP_DTYPES, OFF, amp_dtype, autocast  # noqa: F401  (AMP_DTYPES, OFF: restore/)
+from ..utils.amp import amp_dtype, autocast
 
 COMPILE_KEYS = ('backend', 'mode', 'dynamic', 'fullgraph', 'options')
 COMPILE_MODES = (None, 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')

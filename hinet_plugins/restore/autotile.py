@@ -20,7 +20,7 @@ import re
 import torch
 
 from ..errors import ConfigError
-from ..models.speed import autocast
+from ..utils.amp import autocast
 
 PROBES = (128, 256)  # probe sides (square, multiples of every net's padding)
 TILE_STEP = 32
