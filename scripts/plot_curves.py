@@ -8,11 +8,14 @@ Reads basicsr's text log or its TensorBoard scalars (``hinet_plugins.utils.curve
 ``training_curves.png`` next to the log / in the events folder. Prints one line per series.
 """
 import argparse
+import os
 import sys
 
-from hinet_plugins.cli import ArgumentParser
-from hinet_plugins.errors import ConfigError
-from hinet_plugins.utils.curves import load_series, plot_series
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's package first
+
+from hinet_plugins.cli import ArgumentParser  # noqa: E402
+from hinet_plugins.errors import ConfigError  # noqa: E402
+from hinet_plugins.utils.curves import load_series, plot_series  # noqa: E402
 
 
 def main(argv=None):

@@ -17,13 +17,16 @@ every image): every problem is reported at once (exit status 2) and nothing is w
 written together: all of them, or none and no new folder. Finished LMDBs are skipped on re-runs.
 """
 import argparse
+import os
 import sys
 
-import hinet_plugins  # noqa: F401  (compat before basicsr)
-from hinet_plugins.data import official_datasets
-from hinet_plugins.data.paired_folders import prepare_paired
-from hinet_plugins.cli import ArgumentParser
-from hinet_plugins.errors import ConfigError
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's package first
+
+import hinet_plugins  # noqa: E402,F401  (compat before basicsr)
+from hinet_plugins.cli import ArgumentParser  # noqa: E402
+from hinet_plugins.data import official_datasets  # noqa: E402
+from hinet_plugins.data.paired_folders import prepare_paired  # noqa: E402
+from hinet_plugins.errors import ConfigError  # noqa: E402
 
 CROPS = {'sidd': (512, 384), 'gopro': (512, 256), 'reds': (512, 512), 'paired': (512, 384)}
 SPLITS = {'sidd': 'train,val', 'gopro': 'train,test', 'reds': 'train,val', 'rain13k': 'train,test'}

@@ -198,6 +198,7 @@ def test_layout_errors_are_reported_before_anything_is_written(tmp_path):
     msg = proc.stdout
     assert 'only in the first' in msg and "'000001'" in msg and "'000007'" in msg
     assert "pair 'GOPR0374_11_01_000000': sizes differ" in msg and '64x80' in msg and '56x80' in msg
+    assert sum('GOPR0374_11_01' in line for line in msg.splitlines()) == 1, msg  # reported once (no decode echo)
     assert 'GOPR0384_11_00-000001.png' in msg and 'cannot be read' in msg
     assert not any(name.endswith('.lmdb') or name.startswith('.partial') for _, dirs, _ in os.walk(root)
                    for name in dirs)

@@ -88,6 +88,7 @@ class Job:
     pairs: list
     crop: tuple = None
     shapes: dict = field(default_factory=dict)  # key -> (h, w) of both images, filled by check_pairs
+    headers: dict = field(default_factory=dict)  # image file -> (h, w) its header says, filled by check_pairs
     source_files: tuple = ()  # files the pairs come from when they are arrays (SIDD's .mat)
 
     @property
@@ -160,6 +161,8 @@ def check_pairs(job, problems):
                     sizes.append(image_header(src)[:2])
                 except ConfigError as err:
                     problems.add(str(err))
+                else:
+                    job.headers[src] = sizes[-1]
             else:
                 sizes.append(src.shape[:2])
         if len(sizes) < 2:
@@ -193,8 +196,9 @@ def _decode_problem(path, header_hw):
 def decode_check(jobs, problems, progress=True):
     """Decode every image file of ``jobs`` (threads: cv2 releases the GIL) and add each failure to ``problems``."""
     from tqdm import tqdm
-    work = [(src, job.shapes[p.key]) for job in jobs for p in job.pairs for src in (p.gt, p.lq)
-            if isinstance(src, str) and p.key in job.shapes]
+    # each file against its own header: a pair whose sizes differ is reported once, by check_pairs
+    work = [(src, job.headers[src]) for job in jobs for p in job.pairs for src in (p.gt, p.lq)
+            if isinstance(src, str) and src in job.headers]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(lambda item: _decode_problem(*item), work)
         for problem in tqdm(results, total=len(work), unit='img', desc='decode check', disable=not progress):
