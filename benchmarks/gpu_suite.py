@@ -45,6 +45,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import hinet_plugins  # noqa: E402,F401  (compat + registration)
 from hinet_plugins.cli import ArgumentParser  # noqa: E402
+from hinet_plugins.utils.nets import last_output  # noqa: E402
 
 PAPER_TLC = {'none_s': 1.60, 'naive_s': 2.03, 'fast_s': 1.69, 'naive': '+27 %', 'fast': '+5.6 %'}
 PAPER_CELL = f"{PAPER_TLC['naive']} / {PAPER_TLC['fast']}"
@@ -173,7 +174,7 @@ def tlc_overhead(args, device, report, log):
                 continue
             with torch.no_grad():
                 x = torch.rand(1, 3, h, w, device=device)
-                last = [(o[-1] if isinstance(o, (list, tuple)) else o) for o in (nets['exact'](x), nets['none'](x))]
+                last = [last_output(o) for o in (nets['exact'](x), nets['none'](x))]
                 diff = (last[0] - last[1]).abs().max().item()
                 del last, x
             (_, best, _), = bench.time_modes(nets, [(h, w)], args.tlc_repeats, device)

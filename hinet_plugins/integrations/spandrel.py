@@ -18,6 +18,7 @@ import warnings
 from torch import nn
 
 from ..errors import ConfigError
+from ..utils.nets import last_output
 
 
 def available():
@@ -64,14 +65,10 @@ def _architecture(spec):
             return spandrel.ImageModelDescriptor(
                 model, state, architecture=self, purpose='Restoration', tags=[],
                 supports_half=False, supports_bfloat16=True, scale=1, input_channels=cin, output_channels=cout,
-                size_requirements=size, call_fn=lambda net, x: _last(net(x)))
+                size_requirements=size, call_fn=lambda net, x: last_output(net(x)))
 
     Arch.__name__ = f'{spec.name}Arch'
     return Arch(id=spec.name, detect=fits)
-
-
-def _last(out):
-    return out[-1] if isinstance(out, (list, tuple)) else out
 
 
 def install(*, ignore_duplicates=False):

@@ -26,6 +26,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..utils.checkpoint import describe_state_dict_mismatch, unwrap_state_dict
+from ..utils.nets import input_channels  # noqa: F401  (part of restore's API)
 
 TLC_KEYS = ('train_size', 'base_size', 'fast_imp')
 
@@ -193,9 +194,3 @@ def _finish(net, desc, spec, device):
     if spec['tlc']:
         desc += '; ' + apply_tlc(net, spec['tlc'])
     return net, desc
-
-
-def input_channels(net):
-    """Channels the network takes: those of its first convolution (3 when it has none)."""
-    conv = next((m for m in net.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None)
-    return conv.in_channels if conv is not None else 3

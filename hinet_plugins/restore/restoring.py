@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from ..errors import ConfigError
 from ..utils.amp import amp_dtype, autocast  # noqa: F401  (amp_dtype: part of this module's API)
+from ..utils.nets import input_channels, last_output  # noqa: F401  (last_output: part of this module's API)
 from ..utils.tiling import tile_boxes, tiled_forward
 from . import autotile
-from .loading import input_channels, load_network
+from .loading import load_network
 
 SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
@@ -58,10 +59,6 @@ def ensemble_transforms():
             return t.flip(-1) if flip else t
         return fwd, inv
     return [make(k, flip) for k in range(4) for flip in (False, True)]
-
-
-def last_output(out):
-    return out[-1] if isinstance(out, (list, tuple)) else out
 
 
 def restore_tensor(net, x, tile=None, overlap=32, self_ensemble=False, amp=None, batch=8, progress=False):

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from ..archs.blocks import TransposedAttention
+from ..utils.nets import first_conv
 from .global_ops import GlobalOpWatcher
 from .local_attention import local_transposed_attention
 from .local_ops import (FAST_STRIDES, covers, fast_stride, local_avg_pool, local_group_norm, local_instance_norm,
@@ -222,7 +223,7 @@ def _size(value, name):
 
 def _calibration_input(model, train_size):
     ref = next(iter(model.parameters()), None)
-    conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    conv = first_conv(model)
     if conv is None:
         raise ValueError('TLC calibration: the model has no convolution to infer the input channels from; '
                          'pass calib_input=')
