@@ -9,6 +9,8 @@ import time
 
 import torch
 
+from hinet_plugins.utils.nets import input_channels, last_output
+
 SWITCHES = {
     'fp32': {},
     'tf32': {},  # a backend setting, applied by fp32_precision() around the measurement
@@ -121,10 +123,10 @@ def build_model(net_opt, switch_opt, device, workdir):
 def io_channels(net, device):
     """(input, output) channels of a network (grey or dual-pixel presets differ from 3/3): the first conv's input
     channels, and the last stage output's channels from a 32x32 probe forward."""
-    c_in = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+    c_in = input_channels(net)
     with torch.no_grad():
         out = net(torch.rand(1, c_in, 32, 32, device=device))
-    return c_in, (out[-1] if isinstance(out, (list, tuple)) else out).shape[1]
+    return c_in, last_output(out).shape[1]
 
 
 def switch_options(switch, compile_backend=None):

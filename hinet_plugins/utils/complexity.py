@@ -19,6 +19,7 @@ from torch import nn
 from .. import archs
 from ..archs.blocks import TransposedAttention
 from ..errors import ConfigError
+from .nets import input_channels
 
 Preset = Tuple[str, dict]  # (network name, {'label', 'opt', 'ref_params', 'ref_macs_g', 'note', ...})
 
@@ -90,7 +91,7 @@ def measure(net: nn.Module, size: int = 256, macs: bool = True) -> dict:
     hooks.append(net.register_forward_hook(on_model))
     try:
         net.eval()
-        in_chn = next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
+        in_chn = input_channels(net)
         with torch.no_grad():
             info = get_model_complexity_info(net, inputs=(torch.rand(1, in_chn, size, size),),
                                              show_table=False, show_arch=False)
