@@ -17,6 +17,11 @@ import sys
 import pytest
 import yaml
 
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    # one of several pytest workers (scripts/run_tests.sh runs two on a 2-core machine): one thread each, for this
+    # process and the launchers it starts, so that two workers do not fight over the cores
+    os.environ['OMP_NUM_THREADS'] = '1'
+
 import hinet_plugins  # noqa: F401  (compat + registration before anything of basicsr)
 from hinet_plugins.basicsr_ext import launch
 
@@ -194,7 +199,8 @@ def remove_repo_runs(name, created=()):
             shutil.rmtree(path, ignore_errors=True)
         top = os.path.join(REPO, folder)
         if folder in created and os.path.isdir(top) and not os.listdir(top):
-            os.rmdir(top)
+            with contextlib.suppress(OSError):  # another worker's launcher may have just written there
+                os.rmdir(top)
 
 
 # ---------------------------------------------------------------------------------------------- logs and processes
