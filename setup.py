@@ -19,11 +19,11 @@ setup(
     ],
     extras_require={
         'test': ['pytest'],
-        # scripts/webui.py (Python >= 3.10); selenium drives Debian's chromium in tests/test_webui.py
+        # scripts/webui.py (Python >= 3.10); selenium drives Debian's chromium in tests/webui/test_webui.py
         'webui': ['gradio; python_version >= "3.10"', 'selenium'],
         # Python >= 3.10: hinet_plugins.integrations.spandrel (loading any checkpoint, both ways)
         'spandrel': ['spandrel', 'spandrel-extra-arches'],
-        # logger.wandb (offline runs too): tests/test_several_machines.py reads an offline run back
+        # logger.wandb (offline runs too): tests/basicsr_ext/test_several_machines.py reads an offline run back
         'wandb': ['wandb'],
     },
 )

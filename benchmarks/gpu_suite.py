@@ -6,7 +6,7 @@
 Three parts, in this order; DIR/gpu_suite.md gets one table per part and is rewritten after each measurement, so
 a run stopped at a time limit still leaves what it measured:
 
-1. CUDA tests: ``pytest tests -m cuda`` (tests/test_cuda.py: fp16 + grad scaler and ``--auto_resume``, bf16,
+1. CUDA tests: ``pytest tests -m cuda`` (tests/models/test_cuda.py: fp16 + grad scaler and ``--auto_resume``, bf16,
    channels_last, ``train.compile``, a one-process nccl group through torchrun, TLC on CUDA vs CPU, inference
    with ``--amp fp16``); log and JUnit XML in DIR. Dry run: the tests are collected, not run (they need a GPU).
 2. TLC overhead at 720x1280: every ``<Arch>Local`` whose conversion swaps at least one layer, at its paper

@@ -21,15 +21,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   echo "$want" > "$stamp"
 fi
-# tests/test_webui.py drives Debian's chromium + chromedriver: installed when missing and this runs as root
+# tests/webui/test_webui.py drives Debian's chromium + chromedriver: installed when missing and this runs as root
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "[setup] installing chromium and chromium-driver (apt-get) for the browser test ..."
     { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
-      || echo "[setup] could not install chromium: tests/test_webui.py will be skipped" >&2
+      || echo "[setup] could not install chromium: tests/webui/test_webui.py will be skipped" >&2
   else
     echo "[setup] chromium/chromedriver missing (apt-get install chromium chromium-driver, as root):" \
-         "tests/test_webui.py will be skipped" >&2
+         "tests/webui/test_webui.py will be skipped" >&2
   fi
 fi

@@ -13,7 +13,7 @@ then calibrates every swapped layer by ONE forward pass of a ``train_size`` inpu
 feature map there is ``h x w`` gets the window ``(h * base_h // train_h, w * base_w // train_w)``, i.e. its feature
 size for a ``base_size`` input. Default ``base_size`` = 1.5 x ``train_size`` (the authors' advice, 384 for 256).
 ``train_size`` is used for every layer (the authors' release forgets to pass it, so non-256 training sizes get
-wrong windows there; tests/test_tlc.py checks 48).
+wrong windows there; tests/tlc/test_tlc.py checks 48).
 
 Decisions (documented here because the paper does not settle them):
 - Replacements reuse the replaced module's Parameter objects (same names: ``weight``, ``bias``), so the state_dict

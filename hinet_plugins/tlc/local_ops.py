@@ -16,7 +16,7 @@ per-(sample, group) offset (the mean of a coarse grid of the map) before forming
 along one axis at a time, so a prefix sum never spans more than one row or column of window sums. Statistics
 are computed in float32 at least (half/bfloat16 inputs are upcast). With mean 1e3 and std 1 (16x16 windows) the
 local variance matches a float64 brute force to 2e-7 relative; the release's formula is off by 50% there
-(tests/test_tlc.py). What remains is the float32 cancellation when a window's variance is tiny next to its squared
+(tests/tlc/test_tlc.py). What remains is the float32 cancellation when a window's variance is tiny next to its squared
 distance from the offset (e.g. 3-pixel windows of noise: ~1e-3 relative).
 
 Fast mode (paper Appendix A, "optimised implementation"). Statistics are taken on the grid ``x[..., ::r, ::r]``

@@ -1,6 +1,6 @@
 """ONNX export (``hinet_plugins.export``, scripts/export.py): dynamic batch, TLC-converted graphs checked with
 onnxruntime against PyTorch (max |diff| <= 1e-4, fp32) on sizes other than the trace size; modules that cannot be
-exported are named; nothing is written then. Every described network at its tiny size: tests/test_every_arch.py."""
+exported are named; nothing is written then. Every described network at its tiny size: tests/archs/test_every_arch.py."""
 import importlib.util
 import os
 

@@ -1,6 +1,6 @@
 """``hinet_plugins.utils.curves`` and ``scripts/plot_curves.py``: a basicsr log read into series and plotted; a
 wrong path is the usual one-line error (exit code 2) and writes nothing. (A real training's log and TensorBoard
-events: tests/test_prepare_data.py.)"""
+events: tests/data/test_prepare_data.py.)"""
 import importlib.util
 import os
 

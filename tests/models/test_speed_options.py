@@ -204,7 +204,7 @@ def test_grad_checkpoint_on_an_arch_without_support_is_a_config_error():
 def test_ddp_with_every_switch_matches_one_process_on_the_doubled_batch(tiny_data, tmp_path):
     """torchrun, 2 CPU ranks (gloo), bf16 + channels_last + grad_checkpoint + compile (of the DDP wrapper) + EMA,
     against one process with the same switches on the union of both ranks' batches (deterministic samples: no
-    flips/rotations, gt_size = crop size; see tests/test_distributed.py for why the losses then agree)."""
+    flips/rotations, gt_size = crop size; see tests/basicsr_ext/test_distributed.py for why the losses then agree)."""
     from conftest import free_port
     procs = {}
     for run, batch in (('ddp', 4), ('single', 8)):

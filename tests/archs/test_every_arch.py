@@ -228,9 +228,10 @@ def test_one_new_arch_file_is_enough(tmp_path):
     module's checks, without touching any other file."""
     shutil.copytree(os.path.join(REPO, 'hinet_plugins'), tmp_path / 'hinet_plugins',
                     ignore=shutil.ignore_patterns('__pycache__'))
-    os.makedirs(tmp_path / 'tests')
-    for f in ('conftest.py', os.path.basename(__file__)):
-        shutil.copy(os.path.join(REPO, 'tests', f), tmp_path / 'tests' / f)
+    here = os.path.relpath(os.path.abspath(__file__), REPO)  # tests/archs/test_every_arch.py
+    os.makedirs(tmp_path / os.path.dirname(here))
+    for f in ('pytest.ini', os.path.join('tests', 'conftest.py'), here):
+        shutil.copy(os.path.join(REPO, f), tmp_path / f)
     archs = tmp_path / 'hinet_plugins' / 'archs'
     source = (archs / 'restormer_arch.py').read_text()
     new = source.replace('class Restormer(nn.Module)', 'class StemFormer(nn.Module)').replace(
@@ -242,7 +243,7 @@ def test_one_new_arch_file_is_enough(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 0 and 'new arch ok' in check.stdout, check.stdout + check.stderr
     tests = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-k',
-                            'StemFormer and not one_new_arch', 'tests/' + os.path.basename(__file__)],
+                            'StemFormer and not one_new_arch', here],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
     assert '9 passed' in tests.stdout, tests.stdout[-2000:]

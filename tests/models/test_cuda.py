@@ -4,10 +4,10 @@ benchmarks/gpu_suite.sh`` runs them): fp16 with its grad scaler through ``--auto
 tensors against the CPU, inference with ``--amp fp16``.
 
 Readings of "equal" chosen here. Launched trainings load a ``sitecustomize`` (first on PYTHONPATH, as in
-tests/test_distributed.py) that makes a run reproducible: IEEE fp32 for cuDNN convolutions (torch's default is
+tests/basicsr_ext/test_distributed.py) that makes a run reproducible: IEEE fp32 for cuDNN convolutions (torch's default is
 TF32), deterministic algorithms, and cuDNN's benchmark mode kept off (basicsr's ``train_pipeline`` switches it on,
 and its algorithm choice may differ between two runs). Under it a resumed fp16 run logs exactly the losses of the
-uninterrupted one (basicsr's 5 significant digits), as on the CPU (tests/test_resume.py), and one nccl rank equals
+uninterrupted one (basicsr's 5 significant digits), as on the CPU (tests/basicsr_ext/test_resume.py), and one nccl rank equals
 one process. The same hook records what the process did (dist backend, DDP ``device_ids``, CUDA memory peak), so
 the tests can tell that the GPU path ran. channels_last and compile change summation order only: loss within
 2e-3, PSNR within 5e-3 dB of fp32; bf16 within 0.05 and not equal. TLC: CUDA vs CPU within 1e-4 of the output's

@@ -1,6 +1,6 @@
 """The web page's logic without a browser (``hinet_plugins.webui``): formats kept in the download (16-bit, alpha),
 PSNR/SSIM against a ground truth, bad uploads and choices as one-line messages, the models offered, and
-scripts/webui.py's usage errors. The page in a real browser: tests/test_webui.py."""
+scripts/webui.py's usage errors. The page in a real browser: tests/webui/test_webui.py."""
 import contextlib
 import importlib.util
 import io
