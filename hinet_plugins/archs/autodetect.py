@@ -10,12 +10,13 @@ first key or shape that does not fit. Keywords the weights cannot show keep the 
 """
 import dataclasses
 import re
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError
 from ..utils.checkpoint import unwrap_state_dict
-from .spec import specs
+from .spec import ArchSpec, specs
 
 
 @dataclasses.dataclass
@@ -23,7 +24,7 @@ class Detection:
     network_g: dict
     assumed: dict  # keyword -> why its default is taken
 
-    def summary(self):
+    def summary(self) -> str:
         args = ', '.join(f'{k}={v}' for k, v in self.network_g.items() if k != 'type')
         text = f"detected {self.network_g['type']}({args}) from the weights"
         if self.assumed:
@@ -63,7 +64,7 @@ def _overlap(spec, sd):
     return len(mine & theirs) / max(len(mine | theirs), 1), first
 
 
-def detection(checkpoint, source='the checkpoint'):
+def detection(checkpoint: Any, source: str = 'the checkpoint') -> Detection:
     """``Detection`` of a state dict or a loaded checkpoint (any wrapper ``unwrap_state_dict`` accepts)."""
     sd = unwrap_state_dict(checkpoint) if isinstance(checkpoint, dict) else {}
     if not sd:
@@ -95,12 +96,12 @@ def detection(checkpoint, source='the checkpoint'):
                       f"'{next(iter(sd))}'); closest: {closest}")
 
 
-def detect(checkpoint):
+def detect(checkpoint: Any) -> dict:
     """The ``network_g`` dict (type + every keyword that shapes the weights) of a state dict or checkpoint."""
     return detection(checkpoint).network_g
 
 
-def round_trip(spec, kwargs, size=48, seed=0):
+def round_trip(spec: ArchSpec, kwargs: dict, size: int = 48, seed: int = 0) -> dict:
     """Detection round trip of one configuration: random weights -> state dict -> ``detection`` -> the detected
     network loaded strictly -> max |difference| of every output on a (size+1) x (size+3) input (0.0 = exact)."""
     torch.manual_seed(seed)

@@ -15,7 +15,7 @@ the parametrised tests) reads ``specs()``: a new arch file that calls ``describe
 import dataclasses
 import random
 import re
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +44,10 @@ class ArchSpec:
     pad_mode: str = 'reflect'
     assumed: Union[Dict[str, str], Callable[[dict], Dict[str, str]]] = dataclasses.field(default_factory=dict)
 
-    def assumptions(self, kwargs):
+    def assumptions(self, kwargs: dict) -> Dict[str, str]:
         return self.assumed(kwargs) if callable(self.assumed) else dict(self.assumed)
 
-    def options(self, kwargs=None):
+    def options(self, kwargs: Optional[dict] = None) -> dict:
         """``network_g`` of this network with ``kwargs`` (the tiny configuration when None)."""
         return {'type': self.name, **(self.tiny if kwargs is None else kwargs)}
 
@@ -55,26 +55,26 @@ class ArchSpec:
 _SPECS = {}
 
 
-def describe(cls, **fields):
+def describe(cls: type, **fields: Any) -> ArchSpec:
     """Declare ``cls``'s description (call it in the arch file, after the class); returns the ``ArchSpec``."""
     spec = ArchSpec(name=cls.__name__, cls=cls, **fields)
     _SPECS[spec.name] = spec
     return spec
 
 
-def specs():
+def specs() -> Dict[str, ArchSpec]:
     """{name: ArchSpec} of every network registered in ARCH_REGISTRY that has a description, sorted by name."""
     from basicsr.utils.registry import ARCH_REGISTRY
     return {n: _SPECS[n] for n in sorted(_SPECS) if n in ARCH_REGISTRY and ARCH_REGISTRY.get(n) is _SPECS[n].cls}
 
 
-def spec_of(name):
+def spec_of(name: str) -> Optional[ArchSpec]:
     return specs().get(name)
 
 
 # --- helpers for ``detect`` functions: reading a state dict ---------------------------------------------------
 
-def count(sd, prefix):
+def count(sd: Mapping[str, Any], prefix: str) -> int:
     """Number of consecutive list entries ``prefix<i>.`` (0, 1, ...) in the keys of ``sd``."""
     pattern = re.compile(re.escape(prefix) + r'(\d+)\.')
     found = {int(m.group(1)) for k in sd for m in [pattern.match(k)] if m}
@@ -84,7 +84,7 @@ def count(sd, prefix):
     return n
 
 
-def shape(sd, key, dim=None):
+def shape(sd: Mapping[str, Any], key: str, dim: Optional[int] = None) -> Optional[Union[int, Tuple[int, ...]]]:
     """``sd[key].shape`` (or one of its dims); None when the key is missing."""
     if key not in sd:
         return None
@@ -94,5 +94,5 @@ def shape(sd, key, dim=None):
     return s[dim] if -len(s) <= dim < len(s) else None
 
 
-def has_prefix(sd, prefix):
+def has_prefix(sd: Mapping[str, Any], prefix: str) -> bool:
     return any(k.startswith(prefix) for k in sd)

@@ -12,6 +12,7 @@ network takes ``inp_channels: 6`` (Restormer's ``dual_pixel_task``). Training: t
 flips/rotations for all three (``restormer_paired.crop_and_augment``). Optional ``mean`` / ``std``.
 """
 import os
+from typing import Dict, List
 
 import cv2
 import torch
@@ -33,7 +34,7 @@ def _by_stem(folder):
             if n.lower().endswith(IMG_EXTS)}
 
 
-def dual_pixel_triplets(ds, where='dataset'):
+def dual_pixel_triplets(ds: dict, where: str = 'dataset') -> List[Dict[str, str]]:
     """[{'gt_path', 'lqL_path', 'lqR_path'}] in GT name order; ConfigError naming a missing partner."""
     tmpl = ds.get('filename_tmpl', '{}')
     gt, left, right = (_by_stem(ds[k]) for k in ROOTS)
@@ -54,7 +55,7 @@ def dual_pixel_triplets(ds, where='dataset'):
 class Dataset_DefocusDeblur_DualPixel_16bit(data.Dataset):  # noqa: N801  (the release's option-file name)
     """See the module docstring."""
 
-    def __init__(self, opt):
+    def __init__(self, opt: dict) -> None:
         super().__init__()
         self.opt = opt
         self.io_backend_opt = dict(opt['io_backend'])
@@ -63,7 +64,7 @@ class Dataset_DefocusDeblur_DualPixel_16bit(data.Dataset):  # noqa: N801  (the r
         self.paths = dual_pixel_triplets(opt)
 
     @staticmethod
-    def check_options(ds, where):
+    def check_options(ds: dict, where: str) -> None:
         for key in ROOTS:
             root = ds.get(key)
             if not root or not os.path.isdir(root):
@@ -83,13 +84,13 @@ class Dataset_DefocusDeblur_DualPixel_16bit(data.Dataset):  # noqa: N801  (the r
             raise ConfigError(f"{where}.gt_size must be a positive integer, got {ds.get('gt_size')!r}")
 
     @staticmethod
-    def input_channels(ds):
+    def input_channels(ds: dict) -> int:
         return 6  # the two views
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> dict:
         file_client(self)
         paths = self.paths[index % len(self.paths)]
         read = {k: decode(self, paths[f'{k}_path'], k, flag=cv2.IMREAD_UNCHANGED, peak=65535.0)

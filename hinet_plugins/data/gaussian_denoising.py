@@ -20,6 +20,7 @@ grayscale.
 import os
 import random
 import zlib
+from typing import List, Sequence
 
 import cv2
 import numpy as np
@@ -42,7 +43,7 @@ def _number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
-def check_sigma(ds, where):
+def check_sigma(ds: dict, where: str) -> None:
     """ConfigError unless the noise options of ``ds`` (one phase) are complete and consistent."""
     if ds.get('phase') == 'train':
         kind, value = ds.get('sigma_type'), ds.get('sigma_range')
@@ -66,7 +67,7 @@ def check_sigma(ds, where):
         raise ConfigError(f"{where}.in_ch must be 1 (grayscale) or 3 (colour), got {ds.get('in_ch')!r}")
 
 
-def clean_image_paths(ds):
+def clean_image_paths(ds: dict) -> List[str]:
     """The clean images of ``ds``: LMDB keys, ``meta_info_file`` entries or the image files of the folder."""
     root, backend = ds['dataroot_gt'], ds['io_backend']['type']
     if backend == 'lmdb':
@@ -77,7 +78,7 @@ def clean_image_paths(ds):
     return sorted(os.path.join(root, p) for p in scandir(root) if p.lower().endswith(IMG_EXTS))
 
 
-def validation_noise(path, shape, sigma):
+def validation_noise(path: str, shape: Sequence[int], sigma: float) -> torch.Tensor:
     """The fixed noise of one validation image: N(0, (sigma/255)^2), seeded from its file name."""
     rng = np.random.default_rng(zlib.crc32(os.path.basename(str(path)).encode()))
     return torch.from_numpy(rng.standard_normal(shape) * (sigma / 255.0)).float()
@@ -87,7 +88,7 @@ def validation_noise(path, shape, sigma):
 class Dataset_GaussianDenoising(data.Dataset):  # noqa: N801  (the release's option-file name)
     """See the module docstring."""
 
-    def __init__(self, opt):
+    def __init__(self, opt: dict) -> None:
         super().__init__()
         self.opt = opt
         self.in_ch = opt.get('in_ch', 3)
@@ -98,7 +99,7 @@ class Dataset_GaussianDenoising(data.Dataset):  # noqa: N801  (the release's opt
         self.paths = clean_image_paths(opt)
 
     @staticmethod
-    def check_options(ds, where):
+    def check_options(ds: dict, where: str) -> None:
         check_sigma(ds, where)
         root, backend = ds.get('dataroot_gt'), (ds.get('io_backend') or {}).get('type')
         if not root or not os.path.exists(root):
@@ -115,13 +116,13 @@ class Dataset_GaussianDenoising(data.Dataset):  # noqa: N801  (the release's opt
             raise ConfigError(f"{where}.dataroot_gt: no images in '{root}'")
 
     @staticmethod
-    def input_channels(ds):
+    def input_channels(ds: dict) -> int:
         return ds.get('in_ch', 3)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.paths)
 
-    def sigma(self):
+    def sigma(self) -> float:
         kind, value = self.opt['sigma_type'], self.opt['sigma_range']
         if kind == 'constant':
             return float(value)
@@ -129,7 +130,7 @@ class Dataset_GaussianDenoising(data.Dataset):  # noqa: N801  (the release's opt
             return random.uniform(value[0], value[1])
         return float(random.choice(value))
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> dict:
         file_client(self)
         path = self.paths[index % len(self.paths)]
         flag = cv2.IMREAD_COLOR if self.in_ch == 3 else cv2.IMREAD_GRAYSCALE

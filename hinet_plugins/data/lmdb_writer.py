@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -11,20 +12,23 @@ from basicsr.utils.lmdb_util import LmdbMaker
 from ..errors import ConfigError
 from ..utils.tiling import tile_origins
 
+if TYPE_CHECKING:
+    from .prepare import Job
+
 INFO_FILE = 'prepare_info.json'
 TEMP_PREFIX, ASIDE_PREFIX = '.partial_', '.replaced_'
 
 
-def describe_source(src):
+def describe_source(src: Union[str, np.ndarray]) -> str:
     return f"'{src}'" if isinstance(src, str) else 'the array'
 
 
-def read_bgr(src):
+def read_bgr(src: Union[str, np.ndarray]) -> Optional[np.ndarray]:
     """What basicsr's LMDB reader decodes to: 8-bit, 3 channels (BGR); None when the pixels cannot be decoded."""
     return src if not isinstance(src, str) else cv2.imread(src, cv2.IMREAD_COLOR)
 
 
-def count_records(job):
+def count_records(job: 'Job') -> int:
     if not job.crop:
         return len(job.pairs)
     size, step = job.crop
@@ -106,7 +110,7 @@ def _commit(renames):
             shutil.rmtree(aside, ignore_errors=True)
 
 
-def write_jobs(jobs, compress_level=1, progress=True):
+def write_jobs(jobs: Sequence['Job'], compress_level: int = 1, progress: bool = True) -> Dict[str, int]:
     """Write ``jobs`` (already checked) into temporary folders, then commit them all; on any failure remove every
     temporary folder and every folder created on the way, and raise. Returns {job name: records written}."""
     created, renames, written, committed = [], [], {}, False

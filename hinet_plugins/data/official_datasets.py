@@ -30,6 +30,7 @@ files use):
 """
 import os
 import re
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -59,7 +60,7 @@ SIDD_DATA_DIRS = ('train/SIDD_Medium_Srgb/Data', 'SIDD_Medium_Srgb/Data', 'Data'
 _SIDD_NAME = re.compile(r'^(GT|NOISY)_SRGB_(\d+)\.png$', re.IGNORECASE)
 
 
-def sidd_train_pairs(data_dir, problems):
+def sidd_train_pairs(data_dir: str, problems: Problems) -> List[Pair]:
     pairs = []
     scenes = sub_dirs(data_dir)
     if not scenes:
@@ -82,7 +83,7 @@ def sidd_train_pairs(data_dir, problems):
     return pairs
 
 
-def sidd_val_pairs(root, problems):
+def sidd_val_pairs(root: str, problems: Problems) -> Tuple[List[Pair], List[str]]:
     """(pairs, .mat paths): one pair per 256x256 block of the validation .mat files (RGB -> BGR)."""
     import scipy.io
     arrays, paths = {}, []
@@ -118,7 +119,8 @@ def sidd_val_pairs(root, problems):
             for i in range(gt.shape[0]) for j in range(gt.shape[1])], paths
 
 
-def prepare_sidd(root='datasets/SIDD', splits=('train', 'val'), crop_size=512, step=384, force=False, progress=True):
+def prepare_sidd(root: str = 'datasets/SIDD', splits: Sequence[str] = ('train', 'val'), crop_size: int = 512,
+                 step: int = 384, force: bool = False, progress: bool = True) -> Dict[str, str]:
     problems, jobs = Problems('SIDD'), []
     if 'train' in splits:
         data_dir = _first_dir(root, SIDD_DATA_DIRS, problems, 'SIDD Medium sRGB training data (the Data folder)')
@@ -133,7 +135,7 @@ def prepare_sidd(root='datasets/SIDD', splits=('train', 'val'), crop_size=512, s
 
 
 # ----------------------------------------------------------------------------------------------------- GoPro
-def gopro_split_pairs(split_dir, blur_folder, problems):
+def gopro_split_pairs(split_dir: str, blur_folder: str, problems: Problems) -> List[Pair]:
     """Flattened ``input``/``target`` folders, or GOPRO_Large's ``<scene>/{blur,sharp}``."""
     if not require_dir(split_dir, problems):
         return []
@@ -153,8 +155,9 @@ def gopro_split_pairs(split_dir, blur_folder, problems):
     return pairs
 
 
-def prepare_gopro(root='datasets/GoPro', splits=('train', 'test'), crop_size=512, step=256, blur_folder='blur',
-                  force=False, progress=True):
+def prepare_gopro(root: str = 'datasets/GoPro', splits: Sequence[str] = ('train', 'test'), crop_size: int = 512,
+                  step: int = 256, blur_folder: str = 'blur', force: bool = False,
+                  progress: bool = True) -> Dict[str, str]:
     problems, jobs = Problems('GoPro'), []
     if 'train' in splits:
         jobs.append(Job('GoPro train', f'{root}/train/sharp_crops.lmdb', f'{root}/train/blur_crops.lmdb',
@@ -176,7 +179,7 @@ def _reds_frames(folder, problems):
     return frames
 
 
-def reds_pairs(sharp_dir, blur_dir, problems, only_val300=False):
+def reds_pairs(sharp_dir: str, blur_dir: str, problems: Problems, only_val300: bool = False) -> List[Pair]:
     sharp, blur = _reds_frames(sharp_dir, problems), _reds_frames(blur_dir, problems)
     if only_val300:  # HINet's REDS-val-300: frame numbers ending in 9
         sharp = {k: v for k, v in sharp.items() if k.endswith('9')}
@@ -188,7 +191,8 @@ def reds_pairs(sharp_dir, blur_dir, problems, only_val300=False):
     return [Pair(k, sharp[k], blur[k]) for k in sorted(sharp) if k in blur]
 
 
-def prepare_reds(root='datasets/REDS', splits=('train', 'val'), crop_size=512, step=512, force=False, progress=True):
+def prepare_reds(root: str = 'datasets/REDS', splits: Sequence[str] = ('train', 'val'), crop_size: int = 512,
+                 step: int = 512, force: bool = False, progress: bool = True) -> Dict[str, str]:
     problems, jobs = Problems('REDS'), []
     if 'train' in splits:
         jobs.append(Job('REDS train', f'{root}/train/sharp_crops.lmdb', f'{root}/train/blur_crops.lmdb',
@@ -201,8 +205,9 @@ def prepare_reds(root='datasets/REDS', splits=('train', 'val'), crop_size=512, s
 
 
 # ----------------------------------------------------------------------------------------------------- Rain13k
-def prepare_rain13k(root='datasets/Rain13k', splits=('train', 'test'), test_sets=RAIN13K_TEST_SETS, force=False,
-                    progress=True):
+def prepare_rain13k(root: str = 'datasets/Rain13k', splits: Sequence[str] = ('train', 'test'),
+                    test_sets: Sequence[str] = RAIN13K_TEST_SETS, force: bool = False,
+                    progress: bool = True) -> Dict[str, str]:
     problems, jobs = Problems('Rain13k'), []
     folders = ([('train', 'Rain13k train', f'{root}/train')] if 'train' in splits else []) + \
         ([(s, f'Rain13k {s}', f'{root}/test/{s}') for s in test_sets] if 'test' in splits else [])

@@ -18,6 +18,7 @@ the outputs of ``--name Custom``.
 """
 import os
 import re
+from typing import Dict, List, Optional, Tuple
 
 from ..errors import ConfigError
 from .prepare import Job, Problems, is_output_dir, pair_folders, require_dir, run_jobs
@@ -25,18 +26,18 @@ from .prepare import Job, Problems, is_output_dir, pair_folders, require_dir, ru
 NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 
 
-def output_paths(root, name):
+def output_paths(root: str, name: str) -> Dict[str, Tuple[str, str]]:
     """{'train': (gt, lq), 'val': (gt, lq)} LMDB paths of dataset ``name``."""
     base = os.path.join(root, name)
     return {split: (os.path.join(base, split, 'gt.lmdb'), os.path.join(base, split, 'lq.lmdb'))
             for split in ('train', 'val')}
 
 
-def default_val_count(n_pairs):
+def default_val_count(n_pairs: int) -> int:
     return min(20, max(1, round(0.05 * n_pairs)))
 
 
-def held_out(n_pairs, count):
+def held_out(n_pairs: int, count: int) -> List[int]:
     """Indices of ``count`` pairs spread evenly over ``n_pairs`` sorted pairs."""
     return sorted({int((i + 0.5) * n_pairs / count) for i in range(count)})
 
@@ -64,8 +65,9 @@ def _check_arguments(gt_dir, lq_dir, name, crop_size, step, val_gt, val_lq, val_
             raise ConfigError(f"{flag_a} and {flag_b} are the same folder '{a}'")
 
 
-def prepare_paired(gt_dir, lq_dir, name, root='datasets', crop_size=512, step=384, val_gt=None, val_lq=None,
-                   val_count=None, force=False, progress=True):
+def prepare_paired(gt_dir: str, lq_dir: str, name: str, root: str = 'datasets', crop_size: int = 512, step: int = 384,
+                   val_gt: Optional[str] = None, val_lq: Optional[str] = None, val_count: Optional[int] = None,
+                   force: bool = False, progress: bool = True) -> Dict[str, str]:
     """Check, then write the LMDBs of the module docstring. Returns {job name: 'written' | 'skipped'}."""
     _check_arguments(gt_dir, lq_dir, name, crop_size, step, val_gt, val_lq, val_count)
     problems, outs = Problems(name), output_paths(root, name)

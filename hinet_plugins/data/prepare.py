@@ -33,6 +33,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
 from ..utils.images import IMG_EXTS, image_header
@@ -41,25 +42,25 @@ from .lmdb_writer import ASIDE_PREFIX, INFO_FILE, TEMP_PREFIX, describe_source, 
 MAX_LISTED = 12  # problems listed in one error message
 
 
-def lmdb_key(name):
+def lmdb_key(name: str) -> str:
     """An LMDB key from a file stem or composed name: ASCII letters, digits, '_' and '-' only (no '.')."""
     return re.sub(r'[^A-Za-z0-9_-]', '_', name)
 
 
-def is_output_dir(path):
+def is_output_dir(path: str) -> bool:
     """True for a folder this tool writes (an LMDB, a temporary or moved-aside one): never a source of images."""
     base = os.path.basename(os.path.normpath(path))
     return (base.lower().endswith('.lmdb') or base.startswith((TEMP_PREFIX, ASIDE_PREFIX))
             or os.path.isfile(os.path.join(path, 'data.mdb')) or os.path.isfile(os.path.join(path, INFO_FILE)))
 
 
-def sub_dirs(folder):
+def sub_dirs(folder: str) -> List[str]:
     """Sorted names of the sub-folders of ``folder`` that are inputs (outputs and hidden folders left out)."""
     return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith('.')
                   and not is_output_dir(os.path.join(folder, d)))
 
 
-def list_images(folder, recursive=False):
+def list_images(folder: str, recursive: bool = False) -> Dict[str, str]:
     """{relative path without extension: full path} of the images in ``folder`` (any case of extension); with
     ``recursive``, sub-folders too, except output and hidden folders."""
     found = {}
@@ -86,16 +87,16 @@ class Job:
     gt_out: str
     lq_out: str
     pairs: list
-    crop: tuple = None
+    crop: Optional[tuple] = None
     shapes: dict = field(default_factory=dict)  # key -> (h, w) of both images, filled by check_pairs
     headers: dict = field(default_factory=dict)  # image file -> (h, w) its header says, filled by check_pairs
     source_files: tuple = ()  # files the pairs come from when they are arrays (SIDD's .mat)
 
     @property
-    def outputs(self):
+    def outputs(self) -> Tuple[str, str]:
         return self.gt_out, self.lq_out
 
-    def fingerprint(self):
+    def fingerprint(self) -> dict:
         """Dataset job, crop settings and a hash of the source names and sizes (cheap: no pixel is read)."""
         digest = hashlib.sha1()
         for p in self.pairs:
@@ -112,13 +113,13 @@ class Job:
 class Problems:
     """Collects problems so the user sees all of them at once."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset: str) -> None:
         self.dataset, self.items = dataset, []
 
-    def add(self, message):
+    def add(self, message: str) -> None:
         self.items.append(message)
 
-    def raise_if_any(self):
+    def raise_if_any(self) -> None:
         if self.items:
             more = f'\n  ... and {len(self.items) - MAX_LISTED} more' if len(self.items) > MAX_LISTED else ''
             lines = '\n'.join(f'  - {m}' for m in self.items[:MAX_LISTED])
@@ -126,14 +127,15 @@ class Problems:
                               f'{lines}{more}')
 
 
-def require_dir(path, problems, hint=''):
+def require_dir(path: str, problems: Problems, hint: str = '') -> bool:
     if not os.path.isdir(path):
         problems.add(f"folder '{path}' is missing{hint}")
         return False
     return True
 
 
-def pair_folders(gt_dir, lq_dir, problems, key_prefix='', recursive=False):
+def pair_folders(gt_dir: str, lq_dir: str, problems: Problems, key_prefix: str = '',
+                 recursive: bool = False) -> List[Pair]:
     """Pairs of images with the same stem in ``gt_dir`` and ``lq_dir`` (extensions may differ)."""
     gt, lq = list_images(gt_dir, recursive), list_images(lq_dir, recursive)
     if not gt and not lq:
@@ -147,7 +149,7 @@ def pair_folders(gt_dir, lq_dir, problems, key_prefix='', recursive=False):
             if stem in lq]
 
 
-def check_pairs(job, problems):
+def check_pairs(job: Job, problems: Problems) -> None:
     """Header check of every pair: readable, same size within the pair, not smaller than the crop, unique keys."""
     seen = {}
     for p in job.pairs:
@@ -193,7 +195,7 @@ def _decode_problem(path, header_hw):
     return None
 
 
-def decode_check(jobs, problems, progress=True):
+def decode_check(jobs: Sequence[Job], problems: Problems, progress: bool = True) -> None:
     """Decode every image file of ``jobs`` (threads: cv2 releases the GIL) and add each failure to ``problems``."""
     from tqdm import tqdm
     # each file against its own header: a pair whose sizes differ is reported once, by check_pairs
@@ -214,7 +216,7 @@ def _read_info(lmdb_path):
         return None
 
 
-def job_state(job):
+def job_state(job: Job) -> str:
     """'done' (both outputs built from these sources with these settings), 'absent' or a reason it is neither."""
     infos = [_read_info(p) if os.path.exists(p) else 'absent' for p in job.outputs]
     if infos == ['absent', 'absent']:
@@ -233,7 +235,7 @@ def job_state(job):
     return '; '.join(reasons)
 
 
-def run_jobs(jobs, problems, force=False, progress=True):
+def run_jobs(jobs: Sequence[Job], problems: Problems, force: bool = False, progress: bool = True) -> Dict[str, str]:
     """Check every job, then write the ones that are not up to date as one unit (see the module docstring).
     Returns {job name: 'written' | 'skipped'}."""
     for job in jobs:

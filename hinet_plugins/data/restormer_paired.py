@@ -16,18 +16,21 @@ decode stops the run with its path. ``check_options`` replaces the generic optio
 ``gt_size`` are allowed: they are padded).
 """
 import random
+from typing import List, Tuple
 
+import numpy as np
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.data.transforms import paired_random_crop
 from basicsr.utils import FileClient, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
+from torch.utils import data
 from torchvision.transforms.functional import normalize
 
 from .sidd_dataset import dihedral, pad_to
 from ..basicsr_ext import decode_image as decode
 
 
-def file_client(dataset):
+def file_client(dataset: data.Dataset) -> FileClient:
     """The dataset's FileClient, created on first use (in the DataLoader worker), the options left unchanged."""
     if dataset.file_client is None:
         backend = dict(dataset.io_backend_opt)
@@ -35,7 +38,8 @@ def file_client(dataset):
     return dataset.file_client
 
 
-def crop_and_augment(dataset, gts, lqs, gt_path):
+def crop_and_augment(dataset: data.Dataset, gts: List[np.ndarray], lqs: List[np.ndarray],
+                     gt_path: str) -> Tuple[List[np.ndarray], List[np.ndarray]]:
     """Training transforms shared by Restormer's datasets: pad to ``gt_size``, one random crop at the same place
     in every image, then (``geometric_augs``) one of the 8 flips/rotations for all. Lists in, lists out."""
     opt = dataset.opt
@@ -54,7 +58,7 @@ def crop_and_augment(dataset, gts, lqs, gt_path):
 class Dataset_PairedImage(PairedImageDataset):  # noqa: N801  (the release's option-file name)
     """See the module docstring. Options: basicsr's ``PairedImageDataset`` ones plus ``geometric_augs``."""
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> dict:
         file_client(self)
         paths = self.paths[index % len(self.paths)]
         img_gt, img_lq = decode(self, paths['gt_path'], 'gt'), decode(self, paths['lq_path'], 'lq')

@@ -29,7 +29,7 @@ from ..basicsr_ext import decode_image as decode
 TRAIN_LENGTH = 32 * 10000
 
 
-def pad_to(img, size):
+def pad_to(img: np.ndarray, size: int) -> np.ndarray:
     """Reflect-pad an HWC image at the bottom/right to at least ``size`` x ``size`` (unchanged when large enough)."""
     h, w = img.shape[:2]
     pad_h, pad_w = max(0, size - h), max(0, size - w)
@@ -38,7 +38,7 @@ def pad_to(img, size):
     return np.pad(img, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (img.ndim - 2), mode='symmetric')
 
 
-def dihedral(img, mode):
+def dihedral(img: np.ndarray, mode: int) -> np.ndarray:
     """One of the 8 flips/rotations of an HWC image: ``mode // 2`` quarter turns, then a vertical flip if odd."""
     out = np.rot90(img, mode // 2)
     if mode % 2:
@@ -50,10 +50,10 @@ def dihedral(img, mode):
 class PairedImageDataset_SIDD(PairedImageDataset):  # noqa: N801  (the releases' option-file name)
     """See the module docstring. Options: those of basicsr's ``PairedImageDataset`` (flip/rotation keys ignored)."""
 
-    def __len__(self):
+    def __len__(self) -> int:
         return TRAIN_LENGTH if self.opt['phase'] == 'train' else len(self.paths)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> dict:
         if self.file_client is None:
             self.file_client = FileClient(self.io_backend_opt.pop('type'), **self.io_backend_opt)
         paths = self.paths[index % len(self.paths)]

@@ -16,6 +16,7 @@ the photo's noisy pixels, sigma and the bm3d version); NLM takes a fraction of a
 import hashlib
 import json
 import os
+from typing import Callable, Dict, Iterable, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -27,12 +28,13 @@ NLM_GRID = tuple(range(8, 27, 2))
 NLM_TUNING_PHOTOS = ('rocket', 'camera')  # from data.TRAIN_PHOTOS: tuning never sees a held-out photo
 
 
-def nlm_denoise(noisy_bgr, h):
+def nlm_denoise(noisy_bgr: np.ndarray, h: float) -> np.ndarray:
     """OpenCV's colour non-local means with luminance and colour strength ``h`` (7x7 patches, 21x21 search)."""
     return cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(noisy_bgr), None, float(h), float(h), 7, 21)
 
 
-def tune_nlm(sigma, photos=NLM_TUNING_PHOTOS, grid=NLM_GRID, max_side=384, seed=77):
+def tune_nlm(sigma: float, photos: Sequence[str] = NLM_TUNING_PHOTOS, grid: Sequence[int] = NLM_GRID,
+             max_side: int = 384, seed: int = 77) -> int:
     """The ``h`` of :data:`NLM_GRID` with the best mean PSNR on ``photos`` degraded with ``sigma`` (0..255 scale)."""
     scores = {h: 0.0 for h in grid}
     for i, name in enumerate(photos):
@@ -43,7 +45,7 @@ def tune_nlm(sigma, photos=NLM_TUNING_PHOTOS, grid=NLM_GRID, max_side=384, seed=
     return max(grid, key=lambda h: scores[h])
 
 
-def bm3d_denoise(noisy_bgr, sigma):
+def bm3d_denoise(noisy_bgr: np.ndarray, sigma: float) -> np.ndarray:
     """BM3D (``bm3d.bm3d_rgb``, default profile) with the known noise std ``sigma`` on the 0..255 scale."""
     import bm3d  # a dependency of hinet-plugins (setup.py); imported here because it loads scipy and PyWavelets
 
@@ -58,7 +60,7 @@ def _bm3d_version():
     return version('bm3d')
 
 
-def cached_bm3d(noisy_bgr, sigma, cache_dir, name):
+def cached_bm3d(noisy_bgr: np.ndarray, sigma: float, cache_dir: str, name: str) -> Tuple[np.ndarray, bool]:
     """:func:`bm3d_denoise`, reusing ``cache_dir/<name>.png`` when it was made from the same input and settings."""
     key = hashlib.sha256(noisy_bgr.tobytes() + repr((noisy_bgr.shape, float(sigma), _bm3d_version())).encode())
     key = key.hexdigest()
@@ -79,7 +81,8 @@ def cached_bm3d(noisy_bgr, sigma, cache_dir, name):
     return out, False
 
 
-def baseline_outputs(pairs, sigma, cache_dir, log=print):
+def baseline_outputs(pairs: Iterable[Tuple[str, np.ndarray, np.ndarray]], sigma: float, cache_dir: str,
+                     log: Callable[[str], None] = print) -> Tuple[Dict[str, Dict[str, np.ndarray]], int]:
     """``pairs``: list of (name, gt_bgr, lq_bgr). Returns ``({'NLM': {name: img}, 'BM3D': {...}}, nlm_h)``."""
     h = tune_nlm(sigma)
     log(f'[demo] non-local means: h = hColor = {h} (tuned for sigma {sigma:g} on training photos)')

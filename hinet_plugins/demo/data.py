@@ -6,6 +6,7 @@ and written as image folders and/or LMDB with basicsr's own LMDB writer, in the 
 """
 import os
 import shutil
+from typing import Iterable, Iterator, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -17,7 +18,7 @@ TRAIN_PHOTOS = ('rocket', 'stereo_motorcycle', 'immunohistochemistry', 'retina',
 VAL_PHOTOS = ('astronaut', 'chelsea', 'coffee')
 
 
-def load_photo(name):
+def load_photo(name: str) -> np.ndarray:
     """RGB uint8 HxWx3 photograph from skimage.data (grayscale ones are replicated to 3 channels)."""
     from skimage import data
     img = getattr(data, name)()
@@ -28,7 +29,7 @@ def load_photo(name):
     return np.ascontiguousarray(img[..., :3]).astype(np.uint8)
 
 
-def degrade(img, sigma=25.0, blur_sigma=0.0, seed=0):
+def degrade(img: np.ndarray, sigma: float = 25.0, blur_sigma: float = 0.0, seed: int = 0) -> np.ndarray:
     """Noise of std ``sigma`` (on the 0..255 scale) after an optional Gaussian blur; uint8 in, uint8 out."""
     rng = np.random.default_rng(seed)
     x = img.astype(np.float32)
@@ -46,14 +47,15 @@ def _max_side(img, max_side):
     return cv2.resize(img, (int(round(w * scale)), int(round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
-def crops(img, size, stride):
+def crops(img: np.ndarray, size: int, stride: int) -> Iterator[Tuple[int, int, np.ndarray]]:
     h, w = img.shape[:2]
     for y in range(0, max(h - size, 0) + 1, stride):
         for x in range(0, max(w - size, 0) + 1, stride):
             yield y, x, img[y:y + size, x:x + size]
 
 
-def write_pairs(pairs, folder, subs=('gt', 'lq')):
+def write_pairs(pairs: Iterable[Tuple[str, np.ndarray, np.ndarray]], folder: str,
+                subs: Sequence[str] = ('gt', 'lq')) -> List[str]:
     """pairs: iterable of (key, gt_rgb, lq_rgb). Writes ``folder/gt/<key>.png`` and ``folder/lq/<key>.png`` (only
     the folders named in ``subs``)."""
     keys = []
@@ -67,7 +69,7 @@ def write_pairs(pairs, folder, subs=('gt', 'lq')):
     return keys
 
 
-def folder_to_lmdb(folder, lmdb_path):
+def folder_to_lmdb(folder: str, lmdb_path: str) -> None:
     """PNG folder -> LMDB with basicsr's writer (keys = file names without extension)."""
     if os.path.exists(lmdb_path):
         shutil.rmtree(lmdb_path)
@@ -78,8 +80,10 @@ def folder_to_lmdb(folder, lmdb_path):
                         multiprocessing_read=False, map_size=max(total * 20, 1 << 24))
 
 
-def make_demo_dataset(root, patch=96, stride=64, max_side=512, sigma=25.0, blur_sigma=0.0,
-                      train_photos=TRAIN_PHOTOS, val_photos=VAL_PHOTOS, val_max_side=384, lmdb=True, train_lq=True):
+def make_demo_dataset(root: str, patch: int = 96, stride: int = 64, max_side: int = 512, sigma: float = 25.0,
+                      blur_sigma: float = 0.0, train_photos: Sequence[str] = TRAIN_PHOTOS,
+                      val_photos: Sequence[str] = VAL_PHOTOS, val_max_side: int = 384, lmdb: bool = True,
+                      train_lq: bool = True) -> dict:
     """Build ``root/{train,val}/{gt,lq}`` PNG folders (+ ``*_gt.lmdb`` / ``*_lq.lmdb`` when ``lmdb``).
 
     Training pairs are ``patch``-sized crops (``stride`` apart) of the training photos resized to ``max_side``

@@ -6,6 +6,8 @@ uint8 images (crop border 0, not the Y channel), the same as the training's vali
 the best trained network with BM3D, whichever wins, as measured. The side-by-side picture has a title over every
 column (method and its mean PSNR), drawn with OpenCV's Hershey font (no font file needed).
 """
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
 import cv2
 import numpy as np
 from basicsr.metrics import calculate_psnr, calculate_ssim
@@ -13,24 +15,24 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 INPUT = 'noisy input'
 
 
-def score(out, gt):
+def score(out: np.ndarray, gt: np.ndarray) -> Tuple[float, float]:
     """(PSNR, SSIM) of one uint8 image against its ground truth."""
     return float(calculate_psnr(out, gt, 0)), float(calculate_ssim(out, gt, 0))
 
 
-def score_photo(name, gt, lq, outputs):
+def score_photo(name: str, gt: np.ndarray, lq: np.ndarray, outputs: Mapping[str, np.ndarray]) -> dict:
     """One row: ``outputs`` maps method -> restored image; the noisy input is scored first."""
     scores = {INPUT: score(lq, gt)}
     scores.update({method: score(img, gt) for method, img in outputs.items()})
     return {'photo': f'{name} {gt.shape[1]}x{gt.shape[0]}', 'scores': scores}
 
 
-def mean_scores(rows):
+def mean_scores(rows: List[dict]) -> Dict[str, Tuple[float, float]]:
     methods = list(rows[0]['scores'])
     return {m: tuple(float(np.mean([r['scores'][m][i] for r in rows])) for i in (0, 1)) for m in methods}
 
 
-def results_table(rows):
+def results_table(rows: List[dict]) -> str:
     """Markdown: one line per photo and a bold mean line; each cell is ``PSNR / SSIM`` of one method."""
     methods = list(rows[0]['scores'])
     mean = mean_scores(rows)
@@ -46,7 +48,7 @@ def results_table(rows):
     return '\n'.join(lines)
 
 
-def networks_table(networks):
+def networks_table(networks: List[dict]) -> str:
     """``networks``: list of dicts (name, arch, params, iterations, train_s, psnr, gain) -> markdown. The time is
     the launcher's whole run (start-up, data loading and the periodic validations included)."""
     lines = ['| network | parameters | iterations | wall time of basicsr/train.py | mean PSNR (dB) | '
@@ -59,7 +61,7 @@ def networks_table(networks):
     return '\n'.join(lines)
 
 
-def verdict(mean, networks, reference='BM3D'):
+def verdict(mean: Mapping[str, Tuple[float, float]], networks: Sequence[str], reference: str = 'BM3D') -> str:
     """One sentence: does the best trained network (with or without TLC) beat ``reference`` on the mean PSNR?"""
     if reference not in mean or not networks:
         return ''
@@ -71,12 +73,13 @@ def verdict(mean, networks, reference='BM3D'):
             f'({mean[reference][0]:.2f} dB): {diff:+.2f} dB on these photos.')
 
 
-def column_titles(methods, mean, extra=()):
+def column_titles(methods: Sequence[str], mean: Mapping[str, Tuple[float, float]],
+                  extra: Sequence[str] = ()) -> List[str]:
     """``'<method> <mean PSNR> dB'`` for each method of ``mean`` named in ``methods``, then the ``extra`` titles."""
     return [f'{m} {mean[m][0]:.2f} dB' for m in methods] + list(extra)
 
 
-def title_band(titles, widths, height=36):
+def title_band(titles: Sequence[str], widths: Sequence[int], height: int = 36) -> np.ndarray:
     """A white band with each title centred (black, anti-aliased) over its column of ``widths`` pixels; the font
     shrinks until the title fits the column."""
     band = np.full((height, sum(widths), 3), 255, np.uint8)
@@ -94,7 +97,8 @@ def title_band(titles, widths, height=36):
     return band
 
 
-def contact_sheet(rows_of_images, gap=8, titles=None):
+def contact_sheet(rows_of_images: Sequence[Sequence[np.ndarray]], gap: int = 8,
+                  titles: Optional[Sequence[str]] = None) -> np.ndarray:
     """Stack rows (each a list of equally tall uint8 images, concatenated left to right) with white gaps. With
     ``titles`` (one per image of a row), a band of column titles goes on top, placed by the first row's widths."""
     if titles is not None and len(titles) != len(rows_of_images[0]):

@@ -18,6 +18,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 import cv2
 import numpy as np
 import yaml
+from torch import nn
 
 from ..restore import load_network, restore_image
 from ..utils.curves import find_train_log, plot_training_curves
@@ -70,7 +71,7 @@ def load_pairs(data_root: str) -> Iterator[Pair]:
         yield os.path.splitext(name)[0], gt, lq
 
 
-def restore(net, lq_bgr: np.ndarray) -> np.ndarray:
+def restore(net: nn.Module, lq_bgr: np.ndarray) -> np.ndarray:
     return restore_image(net, lq_bgr, channel_order='bgr')
 
 

@@ -3,6 +3,7 @@ alone on the inputs it received during a forward (at one or more sizes), and kee
 export, fails to run in onnxruntime, or computes something else than PyTorch (beyond ``atol``)."""
 import os
 import tempfile
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -73,7 +74,8 @@ def _module_problem(module, calls, folder, opset, atol):
     return None
 
 
-def locate_problem(net, inputs, opset=OPSET, atol=ATOL):
+def locate_problem(net: nn.Module, inputs: Sequence[torch.Tensor], opset: int = OPSET,
+                   atol: float = ATOL) -> Optional[Tuple[str, str, str]]:
     """(module name, class name, reason) of the deepest module that does not export correctly, or None."""
     calls = _capture_inputs(net, inputs)
     names = {m: n for n, m in net.named_modules()}

@@ -26,6 +26,7 @@ refused.
 """
 import os
 import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -41,26 +42,26 @@ from .trace import ATOL, OPSET, first_line, max_diff, onnx_export, run_onnx  # n
 class LastStage(nn.Module):
     """The network's last output only (multi-stage nets return a list)."""
 
-    def __init__(self, net):
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return last_output(self.net(x))
 
 
-def registered_archs():
+def registered_archs() -> List[str]:
     """Names of this package's described networks (``hinet_plugins.archs.specs()``; the ``*Local`` names excluded)."""
     from ..archs import specs
     return list(specs())
 
 
-def tlc_layers(net):
+def tlc_layers(net: nn.Module) -> Dict[str, nn.Module]:
     from ..tlc import LocalOp
     return {name: m for name, m in net.named_modules() if isinstance(m, LocalOp)}
 
 
-def tlc_min_size(net, channels, probe=33):
+def tlc_min_size(net: nn.Module, channels: int, probe: int = 33) -> int:
     """Smallest odd side above which every TLC window is smaller than its feature map (0 without TLC layers).
 
     Feature sizes grow linearly with the input: one probe forward gives each local layer's feature/input ratio,
@@ -88,14 +89,16 @@ def tlc_min_size(net, channels, probe=33):
     raise ConfigError('TLC: could not find an input size whose feature maps are all larger than their windows')
 
 
-def default_sizes(min_side=0):
+def default_sizes(min_side: int = 0) -> Tuple[Tuple[int, int], List[Tuple[int, int]]]:
     """(export size, [two check sizes]): odd sizes (never a multiple of the network's padding), above
     ``min_side`` (the TLC bound), one check size smaller and one larger than the export size."""
     lo = max(33, min_side + 2) | 1
     return (lo + 8, lo + 12), [(lo, lo + 22), (lo + 16, lo + 2)]
 
 
-def export_onnx(net, path, size=None, check_sizes=None, opset=OPSET, atol=ATOL, metadata=None):
+def export_onnx(net: nn.Module, path: str, size: Optional[Sequence[int]] = None,
+                check_sizes: Optional[Sequence[Sequence[int]]] = None, opset: int = OPSET, atol: float = ATOL,
+                metadata: Optional[dict] = None) -> dict:
     """Write ``net`` as ONNX with dynamic N, H, W (fp32 on the CPU: ``net`` is moved there and put in eval mode).
 
     Returns {'path', 'size', 'diffs': {(h, w): max |ONNX - PyTorch|}}. Raises ConfigError (one line) when the

@@ -16,8 +16,10 @@ size-dependent strides are not expressible; layers of other types (e.g. a local 
 are and must trace by themselves.
 """
 import copy
+from typing import List, Tuple
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from ..tlc.converter import StandIn
@@ -39,25 +41,25 @@ class _GraphLocal(StandIn):
 
 
 class GraphAvgPool(_GraphLocal):
-    def local(self, x):
+    def local(self, x: torch.Tensor) -> torch.Tensor:
         return _pad_back(F.avg_pool2d(x, self.kernel, stride=1), self.kernel)
 
 
 class GraphMaxPool(_GraphLocal):
-    def local(self, x):
+    def local(self, x: torch.Tensor) -> torch.Tensor:
         return _pad_back(F.max_pool2d(x, self.kernel, stride=1), self.kernel)
 
 
 class GraphGroupNorm(_GraphLocal):
     """Local GroupNorm (``num_groups = C``: InstanceNorm) with the layer's own weight and bias."""
 
-    def __init__(self, local, num_groups):
+    def __init__(self, local: StandIn, num_groups: int) -> None:
         super().__init__(local)
         self.num_groups, self.eps = num_groups, local.eps
         for name in ('weight', 'bias'):  # the layer's Parameter objects (or None)
             self._parameters[name] = getattr(local, name)
 
-    def local(self, x):
+    def local(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[:2]
         g = self.num_groups
         grouped = x.reshape(n, g, c // g, x.shape[-2], x.shape[-1])
@@ -75,7 +77,7 @@ class GraphGroupNorm(_GraphLocal):
         return out
 
 
-def graph_forms(net):
+def graph_forms(net: nn.Module) -> Tuple[nn.Module, List[str]]:
     """A deep copy of ``net`` whose calibrated TLC layers are replaced by their graph forms (``net`` untouched).
 
     Returns (copy, names of local layers left as they are: uncalibrated ones stay global, unknown types)."""

@@ -3,15 +3,17 @@ import contextlib
 import os
 import sys
 import warnings
+from typing import Any, List, Sequence, Union
 
 import numpy as np
 import torch
+from torch import nn
 
 OPSET = 17
 ATOL = 1e-4
 
 
-def tensors_in(obj):
+def tensors_in(obj: Any) -> List[torch.Tensor]:
     if torch.is_tensor(obj):
         return [obj]
     if isinstance(obj, (list, tuple)):
@@ -19,7 +21,8 @@ def tensors_in(obj):
     return []
 
 
-def onnx_export(module, args, path, opset=OPSET, dynamic_output=True):
+def onnx_export(module: nn.Module, args: Sequence[torch.Tensor], path: str, opset: int = OPSET,
+                dynamic_output: bool = True) -> None:
     """``torch.onnx.export`` (TorchScript exporter) with dynamic N, H, W for every 4-D input (and the output),
     its warnings and prints silenced."""
     names = [f'input{i}' for i in range(len(args))]
@@ -51,7 +54,7 @@ def _quiet():
                 os.close(fd)
 
 
-def run_onnx(path, *inputs):
+def run_onnx(path: str, *inputs: Union[np.ndarray, torch.Tensor]) -> List[np.ndarray]:
     """Outputs of the ONNX file on numpy/torch inputs (onnxruntime, CPU)."""
     import onnxruntime as ort
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
@@ -59,13 +62,13 @@ def run_onnx(path, *inputs):
     return session.run(None, feeds)
 
 
-def max_diff(outputs, reference):
+def max_diff(outputs: Sequence[np.ndarray], reference: Any) -> float:
     ref = [t.float().numpy() for t in tensors_in(reference)]
     if len(outputs) != len(ref) or any(o.shape != r.shape for o, r in zip(outputs, ref)):
         return float('inf')
     return max(float(np.abs(o - r).max()) for o, r in zip(outputs, ref))
 
 
-def first_line(err):
+def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return (text.splitlines()[0] if text else type(err).__name__)[:300]

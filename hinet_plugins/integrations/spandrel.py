@@ -14,14 +14,16 @@
 import importlib.util
 import sys
 import warnings
+from typing import Any, Dict, Tuple, Union
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..utils.nets import last_output
 
 
-def available():
+def available() -> bool:
     return sys.version_info >= (3, 10) and importlib.util.find_spec('spandrel') is not None
 
 
@@ -71,7 +73,7 @@ def _architecture(spec):
     return Arch(id=spec.name, detect=fits)
 
 
-def install(*, ignore_duplicates=False):
+def install(*, ignore_duplicates: bool = False) -> list:
     """Add our networks that spandrel lacks to ``spandrel.MAIN_REGISTRY``; returns the added ``ArchSupport``s."""
     spandrel = _import()
     from ..archs import specs
@@ -81,7 +83,7 @@ def install(*, ignore_duplicates=False):
     return spandrel.MAIN_REGISTRY.add(*supports, ignore_duplicates=ignore_duplicates)
 
 
-def install_all():
+def install_all() -> None:
     """spandrel's extra architectures and ours, each once (safe to call repeatedly)."""
     _import()
     if importlib.util.find_spec('spandrel_extra_arches') is not None:
@@ -95,16 +97,17 @@ class SpandrelNet(nn.Module):
     requirements, its choice of output, its clamping to [0, 1]); ``model`` is the wrapped network (TLC converts it
     in place, and the descriptor calls that same object)."""
 
-    def __init__(self, descriptor):
+    def __init__(self, descriptor: Any) -> None:
         super().__init__()
         self.model = descriptor.model
         self.descriptor = descriptor
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.descriptor(x)
 
 
-def load_state_dict(state, path, reason):
+def load_state_dict(state: Dict[str, torch.Tensor], path: str,
+                    reason: Union[str, Exception]) -> Tuple[SpandrelNet, str]:
     """(``SpandrelNet``, description) for a state dict none of our networks fits; ConfigError when spandrel does
     not know it either (the message keeps ``reason``, our closest networks)."""
     spandrel = _import()

@@ -11,6 +11,8 @@ inputs of the next ``num_negatives`` samples of the batch (cyclic), c_k = 1.
 Errors: constructor arguments raise ValueError naming the argument (the option layer names the key); the VGG
 weights come only from a local file (``vgg_weights``, checked with the option file; nothing is downloaded).
 """
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
 import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
@@ -27,8 +29,10 @@ class _ContrastiveRegularization(nn.Module):
 
     needs_lq = True
 
-    def __init__(self, loss_weight=1.0, alpha=0.04, l1_weight=1.0, vgg_weights=None, layer_weights=None,
-                 negative_weights=None, use_input_norm=False, range_norm=False, eps=1e-7, reduction='mean'):
+    def __init__(self, loss_weight: float = 1.0, alpha: float = 0.04, l1_weight: float = 1.0,
+                 vgg_weights: Optional[str] = None, layer_weights: Optional[Dict[str, float]] = None,
+                 negative_weights: Optional[Sequence[float]] = None, use_input_norm: bool = False,
+                 range_norm: bool = False, eps: float = 1e-7, reduction: str = 'mean') -> None:
         super().__init__()
         name = type(self).__name__
         if reduction != 'mean':
@@ -42,17 +46,17 @@ class _ContrastiveRegularization(nn.Module):
         self.vgg = build_vgg_extractor(vgg_weights, self.layer_weights, use_input_norm, range_norm, owner=name)
 
     @classmethod
-    def check_options(cls, spec):
+    def check_options(cls, spec: dict) -> None:
         """Checked with the option file, before anything is built: the VGG weights file must exist."""
         problem = vgg_weights_problem(spec.get('vgg_weights'))
         if problem:
             raise ValueError(f'vgg_weights {problem}')
 
-    def negatives(self, gt, lq):
+    def negatives(self, gt: torch.Tensor, lq: torch.Tensor) -> List[Tuple[torch.Tensor, float]]:
         """List of (negative images, weight c_k)."""
         raise NotImplementedError
 
-    def contrastive(self, pred, gt, lq):
+    def contrastive(self, pred: torch.Tensor, gt: torch.Tensor, lq: torch.Tensor) -> Union[torch.Tensor, float]:
         negatives = self.negatives(gt, lq)
         with torch.no_grad():  # positives and negatives are constants; one VGG pass for all of them
             targets = self.vgg(torch.cat([gt] + [img for img, _ in negatives], dim=0).detach())
@@ -66,7 +70,8 @@ class _ContrastiveRegularization(nn.Module):
             total = total + w * d_pos / (d_neg + self.eps)
         return total
 
-    def forward(self, pred, target, lq=None, **kwargs):
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, lq: Optional[torch.Tensor] = None,
+                **kwargs) -> torch.Tensor:
         if lq is None:
             raise ValueError(f'{type(self).__name__} needs the degraded input: call loss(pred, gt, lq=lq)')
         loss = self.alpha * self.contrastive(pred, target, lq) if self.alpha else 0
@@ -83,9 +88,11 @@ class IntraCRLoss(_ContrastiveRegularization):
     ``mixup`` ('release' | 'paper'), ``layer_weights``, ``use_input_norm``, ``l1_weight``, ``vgg_weights``.
     """
 
-    def __init__(self, loss_weight=1.0, alpha=0.04, vgg_weights=None, lambdas=(1.0, 0.95, 0.90),
-                 negative_weights=None, mixup='release', l1_weight=1.0, layer_weights=None, use_input_norm=False,
-                 range_norm=False, eps=1e-7, reduction='mean'):
+    def __init__(self, loss_weight: float = 1.0, alpha: float = 0.04, vgg_weights: Optional[str] = None,
+                 lambdas: Sequence[float] = (1.0, 0.95, 0.90), negative_weights: Optional[Sequence[float]] = None,
+                 mixup: str = 'release', l1_weight: float = 1.0, layer_weights: Optional[Dict[str, float]] = None,
+                 use_input_norm: bool = False, range_norm: bool = False, eps: float = 1e-7,
+                 reduction: str = 'mean') -> None:
         if mixup not in ('release', 'paper'):
             raise ValueError(f"IntraCRLoss: mixup must be 'release' or 'paper', got {mixup!r}")
         lambdas = [float(v) for v in lambdas]
@@ -98,7 +105,7 @@ class IntraCRLoss(_ContrastiveRegularization):
         self.lambdas = lambdas
         self.mixup = mixup
 
-    def negatives(self, gt, lq):
+    def negatives(self, gt: torch.Tensor, lq: torch.Tensor) -> List[Tuple[torch.Tensor, float]]:
         towards, other = (lq, gt) if self.mixup == 'release' else (gt, lq)
         return [(lam * towards + (1 - lam) * other, c) for lam, c in zip(self.lambdas, self.negative_weights)]
 
@@ -110,9 +117,10 @@ class ExtraCRLoss(_ContrastiveRegularization):
     Options: ``alpha`` (0.04), ``num_negatives`` (3), ``negative_weights`` (1 each), and those of IntraCRLoss.
     """
 
-    def __init__(self, loss_weight=1.0, alpha=0.04, vgg_weights=None, num_negatives=3, negative_weights=None,
-                 l1_weight=1.0, layer_weights=None, use_input_norm=False, range_norm=False, eps=1e-7,
-                 reduction='mean'):
+    def __init__(self, loss_weight: float = 1.0, alpha: float = 0.04, vgg_weights: Optional[str] = None,
+                 num_negatives: int = 3, negative_weights: Optional[Sequence[float]] = None, l1_weight: float = 1.0,
+                 layer_weights: Optional[Dict[str, float]] = None, use_input_norm: bool = False,
+                 range_norm: bool = False, eps: float = 1e-7, reduction: str = 'mean') -> None:
         negative_weights = [1.0] * int(num_negatives) if negative_weights is None else negative_weights
         if int(num_negatives) < 1 or len(negative_weights) != int(num_negatives):
             raise ValueError(f'ExtraCRLoss: num_negatives must be >= 1 with one negative_weight each, got '
@@ -120,7 +128,7 @@ class ExtraCRLoss(_ContrastiveRegularization):
         super().__init__(loss_weight, alpha, l1_weight, vgg_weights, layer_weights, negative_weights, use_input_norm,
                          range_norm, eps, reduction)
 
-    def negatives(self, gt, lq):
+    def negatives(self, gt: torch.Tensor, lq: torch.Tensor) -> List[Tuple[torch.Tensor, float]]:
         n = lq.shape[0]
         if n < 2:
             raise ConfigError('ExtraCRLoss takes its negatives from the other images of the batch: '

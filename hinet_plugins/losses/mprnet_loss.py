@@ -8,6 +8,8 @@ formula): one level of a Laplacian pyramid, lap(x) = x - G(up(down(G(x)))), G th
 [.05, .25, .4, .25, .05] per channel with replicate padding, down keeping even rows/columns and up putting them
 back with zeros between, times 4.
 """
+from typing import Optional
+
 import torch
 from basicsr.losses.basic_loss import charbonnier_loss
 from basicsr.utils.registry import LOSS_REGISTRY
@@ -21,7 +23,7 @@ _GAUSS_1D = (0.05, 0.25, 0.4, 0.25, 0.05)
 class EdgeLoss(nn.Module):
     """Charbonnier loss between Laplacians (see the module docstring)."""
 
-    def __init__(self, loss_weight=0.05, reduction='mean', eps=1e-6):
+    def __init__(self, loss_weight: float = 0.05, reduction: str = 'mean', eps: float = 1e-6) -> None:
         super().__init__()
         if reduction not in ('none', 'mean', 'sum'):
             raise ValueError(f"EdgeLoss: reduction must be 'none', 'mean' or 'sum', got '{reduction}'")
@@ -31,18 +33,19 @@ class EdgeLoss(nn.Module):
         k = torch.tensor(_GAUSS_1D, dtype=torch.float64)  # cast to the input dtype when used
         self.register_buffer('kernel', torch.outer(k, k)[None, None], persistent=False)
 
-    def gauss(self, img):
+    def gauss(self, img: torch.Tensor) -> torch.Tensor:
         c = img.shape[1]
         pad = self.kernel.shape[-1] // 2
         kernel = self.kernel.to(img.dtype).expand(c, 1, -1, -1)
         return F.conv2d(F.pad(img, (pad, pad, pad, pad), mode='replicate'), kernel, groups=c)
 
-    def laplacian(self, img):
+    def laplacian(self, img: torch.Tensor) -> torch.Tensor:
         blurred = self.gauss(img)
         keep = torch.zeros_like(blurred[:1, :1])
         keep[..., ::2, ::2] = 4.0
         return img - self.gauss(blurred * keep)
 
-    def forward(self, pred, target, weight=None, **kwargs):
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                **kwargs) -> torch.Tensor:
         return self.loss_weight * charbonnier_loss(self.laplacian(pred), self.laplacian(target), weight,
                                                    eps=self.eps, reduction=self.reduction)

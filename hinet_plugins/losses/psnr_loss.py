@@ -15,7 +15,7 @@ from torch import nn
 _Y_COEF = (65.481, 128.553, 24.966)
 
 
-def rgb_to_y(img):
+def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
     """RGB in [0, 1] -> BT.601 luma in [16/255, 235/255], shape (N, 1, H, W)."""
     coef = img.new_tensor(_Y_COEF).view(1, 3, 1, 1)
     return ((img * coef).sum(dim=1, keepdim=True) + 16.0) / 255.0
@@ -24,7 +24,8 @@ def rgb_to_y(img):
 @LOSS_REGISTRY.register()
 class PSNRLoss(nn.Module):
 
-    def __init__(self, loss_weight=1.0, reduction='mean', toY=False, eps=1e-8):  # noqa: N803 (release keyword)
+    def __init__(self, loss_weight: float = 1.0, reduction: str = 'mean',
+                 toY: bool = False, eps: float = 1e-8) -> None:  # noqa: N803 (release keyword)
         super().__init__()
         if reduction != 'mean':
             raise ValueError(f"PSNRLoss: reduction must be 'mean' (PSNR is averaged over images), got '{reduction}'")
@@ -33,7 +34,7 @@ class PSNRLoss(nn.Module):
         self.eps = eps
         self.scale = 10.0 / math.log(10.0)
 
-    def forward(self, pred, target, **kwargs):
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
         if pred.dim() != 4:
             raise ValueError(f'PSNRLoss expects (N, C, H, W) tensors, got shape {tuple(pred.shape)}')
         if self.toY:

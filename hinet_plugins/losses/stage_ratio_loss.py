@@ -11,6 +11,7 @@ Model protocol: ``multi_stage``, own parameter ``logits`` (own param group, save
 the key); a stage count that does not match the network is found at the first step, a ConfigError.
 """
 import math
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 from basicsr.losses import build_loss
@@ -57,8 +58,9 @@ class StageRatioLoss(nn.Module):
 
     multi_stage = True
 
-    def __init__(self, base=RELEASE_BASE, num_stages=3, mode='softmax', tau=1.0, lam=0.5, init_ratios=None,
-                 loss_weight=1.0):
+    def __init__(self, base: Union[dict, Sequence[dict]] = RELEASE_BASE, num_stages: int = 3, mode: str = 'softmax',
+                 tau: float = 1.0, lam: float = 0.5, init_ratios: Optional[Union[float, Sequence[float]]] = None,
+                 loss_weight: float = 1.0) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f'StageRatioLoss.mode: must be one of {list(MODES)}, got {mode!r}')
@@ -87,16 +89,17 @@ class StageRatioLoss(nn.Module):
             return torch.tensor([math.log(r / sum(init)) for r in init])
         return torch.tensor([math.log(r / (1 - r)) for r in init])
 
-    def log_ratios(self):
+    def log_ratios(self) -> torch.Tensor:
         return F.log_softmax(self.logits, 0) if self.mode == 'softmax' else F.logsigmoid(self.logits)
 
-    def ratios(self):
+    def ratios(self) -> torch.Tensor:
         return self.log_ratios().exp()
 
-    def stage_losses(self, preds, target, **kwargs):
+    def stage_losses(self, preds: Sequence[torch.Tensor], target: torch.Tensor, **kwargs) -> torch.Tensor:
         return torch.stack([sum(loss(p, target, **kwargs) for loss in self.base) for p in preds])
 
-    def forward(self, preds, target, **kwargs):
+    def forward(self, preds: Union[torch.Tensor, Sequence[torch.Tensor]], target: torch.Tensor,
+                **kwargs) -> torch.Tensor:
         preds = list(preds) if isinstance(preds, (list, tuple)) else [preds]
         if len(preds) != self.num_stages:
             raise ConfigError(f'StageRatioLoss.num_stages is {self.num_stages} but the network returns '
@@ -112,9 +115,9 @@ class StageRatioLoss(nn.Module):
             total = (r * losses).sum() - self.lam * scale * log_r.sum()
         return self.loss_weight * total
 
-    def log_dict(self):
+    def log_dict(self) -> Dict[str, torch.Tensor]:
         r = self.ratios().detach()
         return {f'r_stage{i + 1}': r[i] for i in range(self.num_stages)}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f'mode={self.mode}, num_stages={self.num_stages}, ratios={[round(float(v), 4) for v in self.ratios()]}'

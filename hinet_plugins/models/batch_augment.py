@@ -10,6 +10,7 @@ MPRNet's recipe adds ``per_sample`` and ``after_iter``. Draws come from Python's
 which basicsr seeds and the training state restores, so resumed runs draw the same.
 """
 import random
+from typing import List, Tuple, Union
 
 import torch
 from basicsr.utils import get_root_logger
@@ -30,7 +31,7 @@ def _positive_ints(value, key):
 class ProgressivePatches:
     """Patch size and batch size that grow over training (see module docstring)."""
 
-    def __init__(self, ds_opt, scale=1):
+    def __init__(self, ds_opt: dict, scale: int = 1) -> None:
         where = 'datasets.train'
         given = [k for k in PROGRESSIVE_KEYS if ds_opt.get(k) is not None]
         if given and len(given) != len(PROGRESSIVE_KEYS):
@@ -54,13 +55,13 @@ class ProgressivePatches:
         self.stage = None
 
     @staticmethod
-    def enabled(ds_opt):
+    def enabled(ds_opt: dict) -> bool:
         return any(ds_opt.get(k) is not None for k in PROGRESSIVE_KEYS)
 
-    def stage_at(self, current_iter):
+    def stage_at(self, current_iter: int) -> int:
         return next((i for i, end in enumerate(self.ends) if current_iter <= end), len(self.ends) - 1)
 
-    def __call__(self, current_iter, lq, gt):
+    def __call__(self, current_iter: int, lq: torch.Tensor, gt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         j = self.stage_at(current_iter)
         size, batch = self.sizes[j], self.batches[j]
         if j != self.stage:
@@ -83,7 +84,7 @@ class ProgressivePatches:
 class Mixup:
     """``lam * x + (1 - lam) * x[perm]`` on input and target (see module docstring)."""
 
-    def __init__(self, opt):
+    def __init__(self, opt: dict) -> None:
         unknown = sorted(set(opt) - set(MIXING_KEYS))
         if unknown:
             raise ConfigError(f'train.mixing_augs: unknown key(s) {unknown}; expected {list(MIXING_KEYS)}')
@@ -98,7 +99,7 @@ class Mixup:
         self.per_sample = bool(opt.get('per_sample', False))
         self.after_iter = after
 
-    def __call__(self, current_iter, lq, gt):
+    def __call__(self, current_iter: int, lq: torch.Tensor, gt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if current_iter <= self.after_iter:
             return lq, gt
         choices = 2 if self.use_identity else 1  # 0: mixup, 1: identity
@@ -110,7 +111,7 @@ class Mixup:
         return lam * lq + (1 - lam) * lq[perm], lam * gt + (1 - lam) * gt[perm]
 
 
-def build_batch_transforms(opt):
+def build_batch_transforms(opt: dict) -> List[Union[ProgressivePatches, Mixup]]:
     """The transforms the options ask for, in order (progressive crop, then mixup); [] when none."""
     transforms = []
     ds_opt = (opt.get('datasets') or {}).get('train') or {}

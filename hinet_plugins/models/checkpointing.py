@@ -3,6 +3,7 @@ states and loss parameters (``CheckpointMixin``, before basicsr's ``SRModel`` in
 training state (HINet/DRCNet: an extra, empty param group) resumes where its parameters match ours."""
 import os
 from collections import OrderedDict
+from typing import List, Optional, Union
 
 import torch
 from basicsr.utils.dist_util import get_dist_info, master_only
@@ -15,7 +16,8 @@ PER_GROUP_SCHEDULER_KEYS = ('base_lrs', '_last_lr', 'min_lrs')
 
 class CheckpointMixin:
     # ------------------------------------------------------------------ checkpoints
-    def load_network(self, net, load_path, strict=True, param_key='params'):
+    def load_network(self, net: torch.nn.Module, load_path: str, strict: bool = True,
+                     param_key: Optional[str] = 'params') -> None:
         """basicsr's loading, plus: the releases' ``path.param_key`` (TLC/NAFNet's name for ``param_key_g``, used
         when ``param_key_g`` is not set; ``~`` = the file is the state_dict itself) and one-line errors naming the
         file: not a readable checkpoint, no entry under the chosen key (with the file's top-level keys), or keys and
@@ -63,7 +65,8 @@ class CheckpointMixin:
                                            ignored_prefixes=getattr(bare, 'ignored_checkpoint_prefixes', ())))
 
     @master_only
-    def save_network(self, net, net_label, current_iter, param_key='params'):
+    def save_network(self, net: Union[torch.nn.Module, List[torch.nn.Module]], net_label: str, current_iter: int,
+                     param_key: Union[str, List[str]] = 'params') -> None:
         label = 'latest' if current_iter == -1 else current_iter
         save_path = os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth')
         nets = net if isinstance(net, list) else [net]
@@ -74,7 +77,7 @@ class CheckpointMixin:
             save_dict[key] = OrderedDict((k[7:] if k.startswith('module.') else k, v.cpu()) for k, v in state.items())
         atomic_torch_save(save_dict, save_path)
 
-    def save_training_state(self, epoch, current_iter):
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
         """Rank 0 writes; every rank contributes its random states (so a resume continues the same draws)."""
         if current_iter == -1:
             return
@@ -91,7 +94,7 @@ class CheckpointMixin:
         state.update(self.speed_state())  # fp16 grad-scaler state
         atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
-    def resume_training(self, resume_state):
+    def resume_training(self, resume_state: dict) -> None:
         resume_state = self.fit_release_param_groups(resume_state)
         super().resume_training(resume_state)
         self.load_speed_state(resume_state)
@@ -99,7 +102,7 @@ class CheckpointMixin:
             if name in resume_state.get('losses', {}):
                 loss.load_state_dict(resume_state['losses'][name])
 
-    def fit_release_param_groups(self, state):
+    def fit_release_param_groups(self, state: dict) -> dict:
         """A release's training state, fitted to this model's optimizer groups (a new dict; ``state`` unchanged).
 
         The HINet and DRCNet releases build Adam with two parameter groups: the network's parameters, and one for

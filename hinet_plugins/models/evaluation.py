@@ -13,10 +13,12 @@
   images) and ``val.rgb2bgr``; ``val.suffix`` optional.
 """
 import os
-from typing import Optional
+from typing import Any, ContextManager, Optional
 
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
 from basicsr.metrics import calculate_metric
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 
@@ -40,11 +42,11 @@ def _float_image(tensor, rgb2bgr):
 
 class EvaluationMixin:
     # ------------------------------------------------------------------ inference
-    def eval_network(self):
+    def eval_network(self) -> nn.Module:
         """The module that validation/test runs (EMA copy if present, else the bare net)."""
         return self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
 
-    def restore(self, lq, net=None):
+    def restore(self, lq: torch.Tensor, net: Optional[nn.Module] = None) -> torch.Tensor:
         """Forward one batch for evaluation; returns the last stage output (grids if ``val.grids``)."""
         net = net or self.eval_network()
         val_opt = self.opt.get('val') or {}
@@ -54,7 +56,7 @@ class EvaluationMixin:
                                  batch=int(val_opt.get('max_minibatch', 8)))
         return _as_list(net(lq))[-1]
 
-    def test(self):
+    def test(self) -> None:
         net = self.eval_network()
         was_training = net.training
         net.eval()
@@ -62,7 +64,7 @@ class EvaluationMixin:
             self.output = self.restore(self.lq, net)
         net.train(was_training)
 
-    def test_context(self):
+    def test_context(self) -> ContextManager:
         """Context of evaluation forward passes: autocast with ``amp`` / ``val.amp`` (outputs cast back to float)."""
         return self.eval_autocast()
 
@@ -97,7 +99,7 @@ class EvaluationMixin:
         return {'train_size': train_size, 'base_size': tlc.get('base_size'), 'fast_imp': bool(tlc.get('fast_imp')),
                 'compare': bool(tlc.get('compare'))}
 
-    def validation(self, dataloader, current_iter: int, tb_logger, save_img: bool = False) -> None:
+    def validation(self, dataloader: DataLoader, current_iter: int, tb_logger: Any, save_img: bool = False) -> None:
         """basicsr's validation; with ``val.tlc`` the evaluated net is TLC-converted for it and restored after
         (``finally``), so training continues with the original modules. With ``compare`` the net is validated
         first as it is (in training, its images are not saved: the TLC pass would overwrite them)."""
@@ -133,7 +135,7 @@ class EvaluationMixin:
                            'set grids: false to restore whole images with TLC')
 
     # ------------------------------------------------------------------ metrics and saved images
-    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+    def nondist_validation(self, dataloader: DataLoader, current_iter: int, tb_logger: Any, save_img: bool) -> None:
         """basicsr's validation loop with the HINet/DRCNet releases' ``val`` keys:
 
         - ``use_image`` (default true, as in basicsr and the releases): metrics on the 8-bit images that are saved.

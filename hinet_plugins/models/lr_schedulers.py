@@ -9,6 +9,7 @@
   3e-4 for 92k iterations, then a cosine to 1e-6. Past the last period the lr stays at that period's end.
 """
 import math
+from typing import List, Sequence
 
 import torch
 from basicsr.models import lr_scheduler as bsr_lr_scheduler
@@ -17,7 +18,9 @@ from ..errors import ConfigError
 
 
 class CosineAnnealingRestartCyclicLR(torch.optim.lr_scheduler.LRScheduler):
-    def __init__(self, optimizer, periods, restart_weights=(1,), eta_mins=(0,), last_epoch=-1):
+    def __init__(self, optimizer: torch.optim.Optimizer, periods: Sequence[int],
+                 restart_weights: Sequence[float] = (1,), eta_mins: Sequence[float] = (0,),
+                 last_epoch: int = -1) -> None:
         self.periods = [int(p) for p in periods]
         self.restart_weights = list(restart_weights)
         self.eta_mins = list(eta_mins)
@@ -30,7 +33,7 @@ class CosineAnnealingRestartCyclicLR(torch.optim.lr_scheduler.LRScheduler):
         self.ends = [sum(self.periods[:i + 1]) for i in range(len(self.periods))]
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self):
+    def get_lr(self) -> List[float]:
         t = self.last_epoch
         i = next((i for i, end in enumerate(self.ends) if t <= end), len(self.ends) - 1)
         start, period = self.ends[i] - self.periods[i], self.periods[i]
@@ -49,7 +52,7 @@ SCHEDULERS = {
 }
 
 
-def build_scheduler(optimizer, sched_opt):
+def build_scheduler(optimizer: torch.optim.Optimizer, sched_opt: dict) -> torch.optim.lr_scheduler.LRScheduler:
     """``train.scheduler`` -> scheduler; unknown type or arguments -> ConfigError naming the key."""
     sched_opt = dict(sched_opt)
     sched_type = sched_opt.pop('type', None)

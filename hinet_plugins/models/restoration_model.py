@@ -14,6 +14,7 @@ states (``checkpointing.py``), schedulers (``lr_schedulers.py``), per-iteration 
 ``ImageRestorationModel`` / ``ImageCleanModel`` are the releases' names (gradient clipping on by default).
 """
 from collections import OrderedDict
+from typing import List, Sequence, Tuple, Union
 
 import torch
 from basicsr.archs import build_network
@@ -52,7 +53,7 @@ class MultiStageRestorationModel(EvaluationMixin, CheckpointMixin, SpeedSwitches
     default_grad_clip = False
 
     # ------------------------------------------------------------------ training set-up
-    def init_training_settings(self):
+    def init_training_settings(self) -> None:
         self.net_g.train()
         train_opt = self.opt['train']
         self.ema_decay = train_opt.get('ema_decay', 0)
@@ -92,15 +93,15 @@ class MultiStageRestorationModel(EvaluationMixin, CheckpointMixin, SpeedSwitches
             losses.append((name, build_loss(spec).to(self.device)))
         return losses
 
-    def loss_parameters(self):
+    def loss_parameters(self) -> List[torch.nn.Parameter]:
         return [p for _, loss in self.losses for p in loss.parameters() if p.requires_grad]
 
-    def get_optimizer(self, optim_type, params, lr, **kwargs):
+    def get_optimizer(self, optim_type: str, params: list, lr: float, **kwargs) -> torch.optim.Optimizer:
         if optim_type not in OPTIMIZERS:
             raise ConfigError(f"train.optim_g.type: unknown optimizer '{optim_type}', choose from {sorted(OPTIMIZERS)}")
         return OPTIMIZERS[optim_type](params, lr, **kwargs)
 
-    def setup_optimizers(self):
+    def setup_optimizers(self) -> None:
         train_opt = self.opt['train']
         params = [v for v in self.net_g.parameters() if v.requires_grad]
         optim_opt = dict(train_opt['optim_g'])
@@ -114,12 +115,13 @@ class MultiStageRestorationModel(EvaluationMixin, CheckpointMixin, SpeedSwitches
         self.optimizer_g = self.get_optimizer(optim_type, groups, **optim_opt)
         self.optimizers.append(self.optimizer_g)
 
-    def setup_schedulers(self):
+    def setup_schedulers(self) -> None:
         for optimizer in self.optimizers:
             self.schedulers.append(build_scheduler(optimizer, self.opt['train']['scheduler']))
 
     # ------------------------------------------------------------------ training step
-    def compute_losses(self, preds, gt):
+    def compute_losses(self, preds: Union[torch.Tensor, Sequence[torch.Tensor]],
+                       gt: torch.Tensor) -> Tuple[torch.Tensor, OrderedDict]:
         """Sum of every loss over every stage; returns (total, OrderedDict of logged terms)."""
         preds = _as_list(preds)
         if self.opt['train'].get('loss_on_clamped'):  # MPRNet's denoising recipe: loss of clamp(output, 0, 1)
@@ -161,7 +163,7 @@ class MultiStageRestorationModel(EvaluationMixin, CheckpointMixin, SpeedSwitches
             self.model_ema(decay=self.ema_decay)
 
     @staticmethod
-    def release_log_names(l_total, loss_dict):
+    def release_log_names(l_total: Union[torch.Tensor, float], loss_dict: OrderedDict) -> OrderedDict:
         """The logged losses under the releases' name too: HINet, NAFNet, Restormer and DRCNet log their summed
         pixel loss as ``l_pix``; here ``l_pix`` is the total loss (= that term with one loss), after ours."""
         if 'l_pix' in loss_dict:

@@ -13,8 +13,10 @@ an MSE, which bf16 would quantise).
 import time
 import warnings
 from contextlib import contextmanager
+from typing import Any, Callable, ContextManager, Iterable, Iterator, List, Optional, Sequence, Union
 
 import torch
+from torch import nn
 from basicsr.utils import get_root_logger
 
 from ..errors import ConfigError, TrainingDivergedError
@@ -24,7 +26,7 @@ COMPILE_KEYS = ('backend', 'mode', 'dynamic', 'fullgraph', 'options')
 COMPILE_MODES = (None, 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 
-def parse_compile(value, key='train.compile'):
+def parse_compile(value: Any, key: str = 'train.compile') -> Optional[dict]:
     """``train.compile`` -> keyword dict for ``torch.compile`` or None."""
     if value in (None, False):
         return None
@@ -54,7 +56,7 @@ def _flag(value, key):
 class SpeedOptions:
     """The parsed switches (see the module docstring)."""
 
-    def __init__(self, opt):
+    def __init__(self, opt: dict) -> None:
         device_type = 'cuda' if opt.get('num_gpu', 0) != 0 else 'cpu'
         train_opt = (opt.get('train') or {}) if opt.get('is_train', True) else {}
         self.device_type = device_type
@@ -65,30 +67,30 @@ class SpeedOptions:
         self.compile = parse_compile(train_opt.get('compile'))
         self.grad_checkpoint = _flag(train_opt.get('grad_checkpoint'), 'train.grad_checkpoint')
 
-    def describe(self):
+    def describe(self) -> str:
         name = {None: 'off', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
         parts = [f'amp={name[self.amp]} (eval {name[self.val_amp]})', f'channels_last={self.channels_last}',
                  f"compile={'off' if self.compile is None else self.compile.get('backend', 'inductor')}",
                  f'grad_checkpoint={self.grad_checkpoint}']
         return ', '.join(parts)
 
-    def any_on(self):
+    def any_on(self) -> bool:
         return bool(self.amp or self.val_amp or self.channels_last or self.compile is not None
                     or self.grad_checkpoint)
 
 
-def to_float(outputs):
+def to_float(outputs: Union[torch.Tensor, Sequence[torch.Tensor]]) -> Union[torch.Tensor, List[torch.Tensor]]:
     """Cast a tensor or a list of stage outputs to float32 (autograd flows through the cast)."""
     if isinstance(outputs, (list, tuple)):
         return [o.float() for o in outputs]
     return outputs.float()
 
 
-def to_channels_last(x):
+def to_channels_last(x: Any) -> Any:
     return x.contiguous(memory_format=torch.channels_last) if torch.is_tensor(x) and x.dim() == 4 else x
 
 
-def enable_grad_checkpoint(net, key='train.grad_checkpoint'):
+def enable_grad_checkpoint(net: nn.Module, key: str = 'train.grad_checkpoint') -> nn.Module:
     """Switch per-stage activation checkpointing on for an architecture that supports it (see module doc)."""
     if not hasattr(type(net), 'grad_checkpoint'):
         raise ConfigError(
@@ -98,7 +100,7 @@ def enable_grad_checkpoint(net, key='train.grad_checkpoint'):
     return net
 
 
-def compile_network(net, kwargs):
+def compile_network(net: nn.Module, kwargs: dict) -> Optional[Callable]:
     """``torch.compile(net, **kwargs)``; None with a warning where torch.compile is unavailable here."""
     if not hasattr(torch, 'compile'):
         warnings.warn(f'train.compile: torch {torch.__version__} has no torch.compile; training uncompiled')
@@ -121,7 +123,7 @@ class SpeedSwitchesMixin:
     for the training state: ``speed_state`` / ``load_speed_state``.
     """
 
-    def __init__(self, opt):
+    def __init__(self, opt: dict) -> None:
         self.speed = SpeedOptions(opt)
         self.grad_scaler = None
         self.compiled_net_g = None
@@ -138,14 +140,14 @@ class SpeedSwitchesMixin:
             get_root_logger().info(f'Speed switches: {self.speed.describe()}')
 
     # ------------------------------------------------------------------ hooks
-    def model_to_device(self, net):
+    def model_to_device(self, net: nn.Module) -> nn.Module:
         if self.speed.channels_last:
             net = net.to(memory_format=torch.channels_last)
         if self.speed.grad_checkpoint:
             enable_grad_checkpoint(net)
         return super().model_to_device(net)
 
-    def feed_data(self, data):
+    def feed_data(self, data: dict) -> None:
         super().feed_data(data)
         if self.speed.channels_last:
             self.lq = to_channels_last(self.lq)
@@ -153,14 +155,14 @@ class SpeedSwitchesMixin:
                 self.gt = to_channels_last(self.gt)
 
     # ------------------------------------------------------------------ training step
-    def train_network(self):
+    def train_network(self) -> Callable:
         """The callable of the training forward: the compiled net when ``train.compile`` is on and working."""
         return self.compiled_net_g if self.compiled_net_g is not None else self.net_g
 
-    def train_autocast(self):
+    def train_autocast(self) -> ContextManager:
         return autocast(self.device.type, self.speed.amp)
 
-    def with_compile_fallback(self, step, optimizer):
+    def with_compile_fallback(self, step: Callable[[], Any], optimizer: torch.optim.Optimizer) -> Any:
         """Run ``step()`` (forward + backward). If the compiled network fails, say why, zero the gradients of
         ``optimizer`` and redo the step eagerly; training stays uncompiled from then on."""
         if self.compiled_net_g is None:
@@ -185,10 +187,11 @@ class SpeedSwitchesMixin:
                                    f'{time.perf_counter() - start:.1f} s (compilation included)')
         return result
 
-    def backward(self, loss):
+    def backward(self, loss: torch.Tensor) -> None:
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
 
-    def optimizer_step(self, optimizer, clip_params=None, max_norm=None):
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, clip_params: Optional[Iterable[torch.Tensor]] = None,
+                       max_norm: Optional[float] = None) -> None:
         """Unscale (fp16), clip the gradients of ``clip_params`` to ``max_norm`` if given, step, update scaler."""
         if self.grad_scaler is not None and clip_params is not None:
             self.grad_scaler.unscale_(optimizer)
@@ -202,7 +205,7 @@ class SpeedSwitchesMixin:
 
     # ------------------------------------------------------------------ evaluation
     @contextmanager
-    def eval_autocast(self):
+    def eval_autocast(self) -> Iterator[None]:
         """Autocast for validation/test forwards; ``self.output`` is cast back to float32 afterwards."""
         with autocast(self.device.type, self.speed.val_amp):
             yield
@@ -210,9 +213,9 @@ class SpeedSwitchesMixin:
             self.output = self.output.float()
 
     # ------------------------------------------------------------------ training state
-    def speed_state(self):
+    def speed_state(self) -> dict:
         return {'grad_scaler': self.grad_scaler.state_dict()} if self.grad_scaler is not None else {}
 
-    def load_speed_state(self, state):
+    def load_speed_state(self, state: dict) -> None:
         if self.grad_scaler is not None and state.get('grad_scaler'):
             self.grad_scaler.load_state_dict(state['grad_scaler'])

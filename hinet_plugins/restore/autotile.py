@@ -16,8 +16,10 @@ of ``TILE_STEP`` and run one at a time; 90 % of the room is used (``SAFETY``) fo
 import ctypes
 import math
 import re
+from typing import Optional, Tuple, Union
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError
 from ..utils.amp import autocast
@@ -31,7 +33,7 @@ UNITS = {'': 1, 'b': 1, 'k': 10**3, 'kb': 10**3, 'kib': 2**10, 'm': 10**6, 'mb':
          'g': 10**9, 'gb': 10**9, 'gib': 2**30, 't': 10**12, 'tb': 10**12, 'tib': 2**40}
 
 
-def parse_budget(value, key='memory_budget'):
+def parse_budget(value: Optional[Union[int, float, str]], key: str = 'memory_budget') -> Optional[int]:
     """None, bytes (int) or '2GB' / '1.5GiB' / '512MB' -> bytes or None; anything else -> ConfigError."""
     if value is None:
         return None
@@ -43,11 +45,11 @@ def parse_budget(value, key='memory_budget'):
     raise ConfigError(f"{key}: expected a positive size such as 2GB, 512MB or 1.5GiB (bytes), got {value!r}")
 
 
-def format_bytes(n):
+def format_bytes(n: float) -> str:
     return f'{n / 2**30:.2f} GiB' if n >= 2**30 else f'{n / 2**20:.0f} MiB'
 
 
-def available_memory(device):
+def available_memory(device: Union[str, torch.device]) -> int:
     """The default budget on ``device`` (see the module doc), in bytes."""
     device = torch.device(device)
     if device.type == 'cuda':
@@ -133,7 +135,8 @@ class _Forward:
         del out
 
 
-def measure_forward(net, device, channels, amp=None, batch=1):
+def measure_forward(net: nn.Module, device: Union[str, torch.device], channels: int,
+                    amp: Optional[torch.dtype] = None, batch: int = 1) -> Tuple[float, float]:
     """(fixed bytes, bytes per pixel) of one forward of ``batch`` x ``channels`` images (see the module doc)."""
     device = torch.device(device)
     run = _Forward(net, amp)
@@ -151,7 +154,8 @@ def measure_forward(net, device, channels, amp=None, batch=1):
     return fixed, per_pixel
 
 
-def plan_tile(h, w, cost, budget, overlap=32, self_ensemble=False):
+def plan_tile(h: int, w: int, cost: Tuple[float, float], budget: int, overlap: int = 32,
+              self_ensemble: bool = False) -> Tuple[Optional[int], int]:
     """The tile for an ``h`` x ``w`` image: None (whole image) or a side; ConfigError when even a small one does not
     fit. ``cost`` = (fixed, per_pixel) from ``measure_forward``. Returns (tile, estimated bytes)."""
     fixed, per_pixel = cost
@@ -169,7 +173,7 @@ def plan_tile(h, w, cost, budget, overlap=32, self_ensemble=False):
     return side, int(image + fixed + (per_pixel + TILE_BYTES) * side * side)
 
 
-def halve_tile(tile, h, w, overlap=32):
+def halve_tile(tile: Optional[int], h: int, w: int, overlap: int = 32) -> Optional[int]:
     """The tile to retry with after running out of memory with ``tile`` (None: the whole image); None if none."""
     side = (tile or max(h, w)) // 2 // TILE_STEP * TILE_STEP
     return side if side > overlap and side >= 2 * TILE_STEP else None

@@ -10,6 +10,7 @@ read unchanged (BGR); 16-bit scaled to [0, 255]; alpha left out; gray scored as 
 import csv
 import math
 import os
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -21,7 +22,7 @@ MAX_LISTED = 12
 SSIM_WINDOW = 11  # basicsr's SSIM: an 11x11 Gaussian window, valid positions only
 
 
-def list_images(folder, flag):
+def list_images(folder: str, flag: str) -> Dict[str, str]:
     if not os.path.isdir(folder):
         raise ConfigError(f"{flag}: folder '{folder}' does not exist")
     found = {os.path.splitext(n)[0]: os.path.join(folder, n) for n in sorted(os.listdir(folder))
@@ -43,7 +44,8 @@ def _find_suffix(restored, gt):
     return None
 
 
-def pair_images(restored_dir, gt_dir, suffix=None):
+def pair_images(restored_dir: str, gt_dir: str,
+                suffix: Optional[str] = None) -> Tuple[List[Tuple[str, str, str]], str]:
     """[(name, restored path, gt path)] sorted by name, and the suffix that was stripped ('' when none)."""
     restored, gt = list_images(restored_dir, '--restored'), list_images(gt_dir, '--gt')
     if suffix is None:
@@ -65,7 +67,7 @@ def pair_images(restored_dir, gt_dir, suffix=None):
     return [(stem, stems[stem], gt[stem]) for stem in sorted(stems)], suffix
 
 
-def read_for_metrics(path):
+def read_for_metrics(path: str) -> np.ndarray:
     """HxW or HxWxC array in [0, 255] (uint8 kept as it is), BGR, alpha left out; ConfigError if unreadable."""
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
@@ -80,7 +82,8 @@ def read_for_metrics(path):
     return img
 
 
-def evaluate_folders(restored_dir, gt_dir, y=False, crop_border=0, suffix=None):
+def evaluate_folders(restored_dir: str, gt_dir: str, y: bool = False, crop_border: int = 0,
+                     suffix: Optional[str] = None) -> Tuple[List[dict], str]:
     """Score every pair; returns (rows, suffix stripped). Each row: name, restored, gt, height, width, psnr, ssim.
     Every pair is read and checked before the result is returned (problems raise one ConfigError)."""
     from basicsr.metrics import calculate_psnr, calculate_ssim
@@ -115,12 +118,12 @@ def evaluate_folders(restored_dir, gt_dir, y=False, crop_border=0, suffix=None):
     return rows, suffix
 
 
-def mean_row(rows):
+def mean_row(rows: List[dict]) -> dict:
     return {'name': 'mean', 'restored': '', 'gt': '', 'height': '', 'width': '',
             'psnr': sum(r['psnr'] for r in rows) / len(rows), 'ssim': sum(r['ssim'] for r in rows) / len(rows)}
 
 
-def write_csv(rows, path):
+def write_csv(rows: List[dict], path: str) -> str:
     """One line per pair and a last 'mean' line, full float precision; written to a temporary name, then renamed."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -140,7 +143,7 @@ def write_csv(rows, path):
     return path
 
 
-def markdown_table(rows, y=False, crop_border=0):
+def markdown_table(rows: List[dict], y: bool = False, crop_border: int = 0) -> str:
     chan = 'Y' if y else 'RGB'
     lines = [f'| image | size | PSNR {chan} (dB) | SSIM {chan} |', '|---|---|---:|---:|']
 

@@ -11,6 +11,7 @@ import os
 import struct
 import tempfile
 import zlib
+from typing import Optional, Union
 
 import cv2
 import numpy as np
@@ -35,7 +36,7 @@ def _orientation(path):
         return 1
 
 
-def apply_orientation(img, orientation):
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     """The array as shown by a viewer that honours EXIF ``orientation`` (1..8; PIL's ``exif_transpose``)."""
     if orientation == 2:
         return img[:, ::-1]
@@ -71,14 +72,14 @@ def _is_gray_alpha(path):
         return False
 
 
-def read_image(path):
+def read_image(path: str) -> Optional[np.ndarray]:
     """H x W (gray), H x W x 2 (gray + alpha), H x W x 3 (BGR) or H x W x 4 (BGRA) in the file's dtype, turned
     upright by its EXIF orientation; None when cv2 cannot decode the file."""
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     return _as_shown(img, path)
 
 
-def decode_image(data):
+def decode_image(data: Optional[Union[bytes, bytearray, memoryview]]) -> Optional[np.ndarray]:
     """``read_image`` for the bytes of a file (an upload); None when they are not an image cv2 can read."""
     if not data:
         return None
@@ -107,7 +108,7 @@ def _png_gray_alpha_16(img):
         _png_chunk(b'IEND', b'')
 
 
-def encode_image(img, ext):
+def encode_image(img: np.ndarray, ext: str) -> bytes:
     """``img`` (as ``read_image`` returns) encoded in the format of ``ext`` ('.png', ...); ValueError if it cannot."""
     if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
         if img.dtype == np.uint16 and ext == '.png':
@@ -128,7 +129,7 @@ def encode_image(img, ext):
     return buf.tobytes()
 
 
-def write_image(path, img):
+def write_image(path: str, img: np.ndarray) -> None:
     """Write ``img`` (as ``read_image`` returns) to ``path`` atomically; the format comes from the extension."""
     data = encode_image(img, os.path.splitext(path)[1].lower() or '.png')
     folder = os.path.dirname(os.path.abspath(path))

@@ -20,9 +20,11 @@ file itself when it is a bare state_dict; a leading ``module.`` (DataParallel/DD
 can never run code. Every mistake is a ``ConfigError`` naming the file or the option.
 """
 import os
+from typing import Any, Iterable, Mapping, Optional, Tuple, Union
 
 import torch
 import yaml
+from torch import nn
 
 from ..errors import ConfigError
 from ..utils.checkpoint import describe_state_dict_mismatch, unwrap_state_dict
@@ -31,7 +33,7 @@ from ..utils.nets import input_channels  # noqa: F401  (part of restore's API)
 TLC_KEYS = ('train_size', 'base_size', 'fast_imp')
 
 
-def parse_key_values(items, flag='--arch-opt'):
+def parse_key_values(items: Optional[Iterable[str]], flag: str = '--arch-opt') -> dict:
     """['wf=32', 'depth=4'] -> {'wf': 32, 'depth': 4} (values read as YAML)."""
     out = {}
     for item in items or []:
@@ -45,7 +47,9 @@ def parse_key_values(items, flag='--arch-opt'):
     return out
 
 
-def network_spec(opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=None, tlc=None):
+def network_spec(opt: Optional[Union[str, dict]] = None, arch: Optional[str] = None, arch_opt: Optional[dict] = None,
+                 checkpoint: Optional[str] = None, param_key: Optional[str] = None,
+                 tlc: Optional[Union[bool, Mapping[str, Any]]] = None) -> dict:
     """What to build and load: {'network_g', 'checkpoint', 'param_key', 'strict', 'tlc'} (see the module doc).
 
     ``opt`` is an option-file path or an already loaded option dict. ``tlc`` True uses the option file's
@@ -88,7 +92,7 @@ def network_spec(opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=
             'strict': strict, 'tlc': tlc_opt, 'arch_opt': dict(arch_opt or {})}
 
 
-def build_net(net_opt):
+def build_net(net_opt: dict) -> nn.Module:
     """``network_g`` -> the network (registry lookup), constructor mistakes -> ConfigError naming ``network_g``."""
     from basicsr.archs import build_network
     from basicsr.utils.registry import ARCH_REGISTRY
@@ -103,7 +107,7 @@ def build_net(net_opt):
         raise ConfigError(f"network_g: cannot build {net_opt['type']} with {net_opt}: {err}") from None
 
 
-def read_checkpoint(path):
+def read_checkpoint(path: Optional[str]) -> Any:
     """The object in a checkpoint file (weights only); a missing or unreadable file -> ConfigError naming it."""
     if not path:
         raise ConfigError('no checkpoint: give --checkpoint or path.pretrain_network_g in the option file')
@@ -116,7 +120,8 @@ def read_checkpoint(path):
         raise ConfigError(f"checkpoint '{path}' cannot be loaded as a torch checkpoint: {reason}") from None
 
 
-def load_weights(net, path, param_key='params', strict=True, name=None, loaded=None):
+def load_weights(net: nn.Module, path: Optional[str], param_key: str = 'params', strict: bool = True,
+                 name: Optional[str] = None, loaded: Any = None) -> nn.Module:
     """Load ``path`` into ``net`` (release formats, see the module doc); a mismatch lists the keys/shapes.
     ``loaded``: the file's content when it was already read."""
     loaded = read_checkpoint(path) if loaded is None else loaded
@@ -134,7 +139,7 @@ def load_weights(net, path, param_key='params', strict=True, name=None, loaded=N
     return net
 
 
-def apply_tlc(net, tlc):
+def apply_tlc(net: nn.Module, tlc: Mapping[str, Any]) -> str:
     """Convert ``net`` in place with TLC (``hinet_plugins.tlc.convert``); returns the conversion's summary line."""
     from ..tlc import convert
     try:
@@ -144,8 +149,10 @@ def apply_tlc(net, tlc):
     return conversion.summary().splitlines()[0]
 
 
-def load_network(opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=None, tlc=None, device='cpu',
-                 require_checkpoint=True):
+def load_network(opt: Optional[Union[str, dict]] = None, arch: Optional[str] = None, arch_opt: Optional[dict] = None,
+                 checkpoint: Optional[str] = None, param_key: Optional[str] = None,
+                 tlc: Optional[Union[bool, Mapping[str, Any]]] = None, device: Union[str, torch.device] = 'cpu',
+                 require_checkpoint: bool = True) -> Tuple[nn.Module, str]:
     """The network in eval mode on ``device``, weights loaded and TLC applied, and a one-line description.
 
     ``require_checkpoint=False`` allows random weights when no checkpoint is given (export tests, benchmarks)."""
@@ -171,7 +178,8 @@ def load_network(opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=
     return _finish(net, desc, spec, device)
 
 
-def detect_network(loaded, path, param_key='params', given=()):
+def detect_network(loaded: Any, path: Optional[str], param_key: str = 'params',
+                   given: Iterable[str] = ()) -> Union[dict, Tuple[nn.Module, str]]:
     """``network_g`` of the checkpoint's architecture (with ``'_detected'``: the detection's summary), or, when
     none of ours fits and spandrel is installed, ``(network, description)`` from spandrel. Keywords in ``given``
     are not listed as assumed."""

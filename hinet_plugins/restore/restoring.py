@@ -18,9 +18,11 @@ Choices:
   before the ensemble average and the clamp. Anything else (or fp16 without a GPU) is a ConfigError.
 """
 import sys
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from ..errors import ConfigError
@@ -33,7 +35,8 @@ from .loading import load_network
 SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
-def check_tile(tile, overlap, names=('tile', 'tile overlap'), allow_auto=False):
+def check_tile(tile: Optional[Union[int, str]], overlap: int, names: Sequence[str] = ('tile', 'tile overlap'),
+               allow_auto: bool = False) -> None:
     """``tile`` None (whole image), a positive size (or 'auto' if ``allow_auto``); ``overlap`` in 0..tile - 1."""
     if tile is None:
         return
@@ -48,7 +51,8 @@ def check_tile(tile, overlap, names=('tile', 'tile overlap'), allow_auto=False):
         raise ConfigError(f'{names[1]} must be in 0..{tile - 1} (smaller than the tile size), got {overlap!r}')
 
 
-def ensemble_transforms():
+def ensemble_transforms() -> List[Tuple[Callable[[torch.Tensor], torch.Tensor],
+                                        Callable[[torch.Tensor], torch.Tensor]]]:
     """(forward, inverse) pairs of the 8 dihedral transforms of the image plane (identity first)."""
     def make(k, flip):
         def fwd(t):
@@ -61,7 +65,9 @@ def ensemble_transforms():
     return [make(k, flip) for k in range(4) for flip in (False, True)]
 
 
-def restore_tensor(net, x, tile=None, overlap=32, self_ensemble=False, amp=None, batch=8, progress=False):
+def restore_tensor(net: nn.Module, x: torch.Tensor, tile: Optional[int] = None, overlap: int = 32,
+                   self_ensemble: bool = False, amp: Optional[torch.dtype] = None, batch: int = 8,
+                   progress: bool = False) -> torch.Tensor:
     """N x C x H x W in [0, 1] -> the last stage's output (float32), tiled and/or x8 self-ensembled.
 
     ``amp`` is a torch dtype (see ``amp_dtype``) or None; ``batch`` crops run at once; ``progress`` shows a tqdm
@@ -100,7 +106,8 @@ def _pixel_scale(img):
     raise ValueError(f'unsupported pixel type {img.dtype} (uint8, uint16 or float)')
 
 
-def restore_image(net, img, device='cpu', channel_order='rgb', **kw):
+def restore_image(net: nn.Module, img: np.ndarray, device: Union[str, torch.device] = 'cpu',
+                  channel_order: str = 'rgb', **kw) -> np.ndarray:
     """Restore an image array (see the module doc); ``kw``: tile, overlap, self_ensemble, amp (a dtype)."""
     if channel_order not in ('rgb', 'bgr'):
         raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
@@ -155,8 +162,10 @@ class Restorer:
     >>> clean = r(noisy_rgb_uint8)                                                      # doctest: +SKIP
     """
 
-    def __init__(self, net, device='cpu', tile=None, overlap=32, self_ensemble=False, amp=None,
-                 channel_order='rgb', description=None, memory_budget=None, progress=True):
+    def __init__(self, net: nn.Module, device: Union[str, torch.device] = 'cpu', tile: Optional[Union[int, str]] = None,
+                 overlap: int = 32, self_ensemble: bool = False, amp: Optional[Union[str, bool]] = None,
+                 channel_order: str = 'rgb', description: Optional[str] = None,
+                 memory_budget: Optional[Union[int, float, str]] = None, progress: bool = True) -> None:
         self.net, self.device = net, torch.device(device)
         self.amp = amp_dtype(amp, self.device)
         check_tile(tile, overlap, allow_auto=True)
@@ -167,8 +176,10 @@ class Restorer:
         self.last_plan, self._costs = None, {}
 
     @classmethod
-    def load(cls, opt=None, arch=None, arch_opt=None, checkpoint=None, param_key=None, tlc=None, device='cpu',
-             **settings):
+    def load(cls, opt: Optional[Union[str, dict]] = None, arch: Optional[str] = None, arch_opt: Optional[dict] = None,
+             checkpoint: Optional[str] = None, param_key: Optional[str] = None,
+             tlc: Optional[Union[bool, Mapping[str, Any]]] = None, device: Union[str, torch.device] = 'cpu',
+             **settings) -> 'Restorer':
         """Build + load (``loading.load_network``), then wrap with ``settings`` (tile, overlap, self_ensemble,
         amp, channel_order, memory_budget, progress)."""
         if 'amp' in settings:  # bad settings fail before the network is built
@@ -178,7 +189,7 @@ class Restorer:
         net, desc = load_network(opt, arch, arch_opt, checkpoint, param_key, tlc, device)
         return cls(net, device, description=desc, **settings)
 
-    def plan(self, h, w, batch=1):
+    def plan(self, h: int, w: int, batch: int = 1) -> Optional[int]:
         """The tile for ``batch`` h x w images: the fixed one, or with 'auto' the whole image (None) or a side."""
         if self.tile != 'auto':
             return self.tile
@@ -210,12 +221,12 @@ class Restorer:
             self.last_plan['retries'].append(message)
             self.last_plan['tile'] = tile = smaller
 
-    def restore_tensor(self, x):
+    def restore_tensor(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
         return self._run(x.shape[-2], x.shape[-1], x.shape[0], lambda tile, batch: restore_tensor(
             self.net, x, tile, self.overlap, self.self_ensemble, self.amp, batch, self.progress))
 
-    def __call__(self, img):
+    def __call__(self, img: np.ndarray) -> np.ndarray:
         img = np.asarray(img)
         colour = img.ndim == 3 and img.shape[2] > 1
         batch = 3 if colour and self.tile == 'auto' and input_channels(self.net) == 1 else 1

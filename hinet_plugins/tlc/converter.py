@@ -41,6 +41,7 @@ Decisions (documented here because the paper does not settle them):
   broadcast the pooled tensor (1x1-conv MLP), not ``view`` it to (N, C).
 """
 import warnings
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -58,7 +59,7 @@ class StandIn(nn.Module):
     parameters() stay as they were); attributes it lacks (num_features, num_groups, ... that the arch's code
     reads) come from ``original``. Base of the local ops here and of their ONNX graph forms."""
 
-    def __init__(self, original):
+    def __init__(self, original: nn.Module) -> None:
         super().__init__()
         self.__dict__['original'] = original
 
@@ -74,14 +75,14 @@ class StandIn(nn.Module):
 class LocalOp(StandIn):
     """Base of the local replacements: window calibration, fast-mode stride, global fallback."""
 
-    def __init__(self, original, fast_imp=False):
+    def __init__(self, original: nn.Module, fast_imp: bool = False) -> None:
         super().__init__(original)
         self.fast_imp = bool(fast_imp)
         self.kernel_size = None
         self.max_stride = (1, 1)
         self._seen = None  # feature sizes recorded during calibration
 
-    def calibrate(self, train_size, base_size):
+    def calibrate(self, train_size: Tuple[int, int], base_size: Tuple[int, int]) -> Optional[Tuple[int, int]]:
         """Window from the first feature size seen during the calibration pass (None if never reached)."""
         if not self._seen:
             return None
@@ -90,12 +91,12 @@ class LocalOp(StandIn):
         self.max_stride = (max(1, FAST_STRIDES[0] * h // th), max(1, FAST_STRIDES[0] * w // tw))
         return self.kernel_size
 
-    def stride(self, x):
+    def stride(self, x: torch.Tensor) -> Tuple[int, ...]:
         if not self.fast_imp:
             return (1, 1)
         return tuple(fast_stride(n, k, cap) for n, k, cap in zip(x.shape[-2:], self.kernel_size, self.max_stride))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._seen is not None:
             self._seen.append(tuple(x.shape[-2:]))
         if self.training or self.kernel_size is None:
@@ -104,17 +105,17 @@ class LocalOp(StandIn):
             return self.local(x[None])[0]
         return self.local(x)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f'kernel_size={self.kernel_size}, fast_imp={self.fast_imp}, replaces={type(self.original).__name__}'
 
 
 class LocalAvgPool2d(LocalOp):
-    def local(self, x):
+    def local(self, x: torch.Tensor) -> torch.Tensor:
         return local_avg_pool(x, self.kernel_size, self.stride(x))
 
 
 class LocalMaxPool2d(LocalOp):
-    def local(self, x):
+    def local(self, x: torch.Tensor) -> torch.Tensor:
         return local_max_pool(x, self.kernel_size)
 
 
@@ -127,12 +128,12 @@ class _LocalNorm(LocalOp):
 
 
 class LocalInstanceNorm2d(_LocalNorm):
-    def local(self, x):
+    def local(self, x: torch.Tensor) -> torch.Tensor:
         return local_instance_norm(x, self.kernel_size, self.weight, self.bias, self.eps, self.stride(x))
 
 
 class LocalGroupNorm(_LocalNorm):
-    def local(self, x):
+    def local(self, x: torch.Tensor) -> torch.Tensor:
         return local_group_norm(x, self.num_groups, self.kernel_size, self.weight, self.bias, self.eps,
                                 self.stride(x))
 
@@ -143,7 +144,7 @@ class LocalTransposedAttention(LocalOp):
     input size: the 1x1 and depthwise convs that make q, k, v keep it and run on the full map, as in the
     release). Fast mode samples each window's correlations on a strided grid."""
 
-    def forward(self, q, k, v, temperature):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
         if self._seen is not None:
             self._seen.append(tuple(q.shape[-2:]))
         if self.training or self.kernel_size is None or covers(self.kernel_size, q):
@@ -174,7 +175,8 @@ class TLCConversion:
     """Result of ``convert``: what was swapped, the windows, what could not be converted. A context manager:
     leaving the ``with`` block (or calling ``restore()``) puts the original modules back."""
 
-    def __init__(self, model, train_size, base_size, fast_imp):
+    def __init__(self, model: nn.Module, train_size: Tuple[int, int], base_size: Tuple[int, int],
+                 fast_imp: bool) -> None:
         self.model, self.train_size, self.base_size, self.fast_imp = model, train_size, base_size, fast_imp
         self.layers = {}       # name -> LocalOp
         self.windows = {}      # name -> (kh, kw)
@@ -182,13 +184,13 @@ class TLCConversion:
         self.notes = []        # other remarks (already local, uncalibrated layers, several feature sizes)
         self._swaps = []       # (parent, attribute, original, local)
 
-    def restore(self):
+    def restore(self) -> None:
         for parent, attr, original, local in reversed(self._swaps):
             if getattr(parent, attr) is local:
                 setattr(parent, attr, original)
         self._swaps.clear()
 
-    def summary(self):
+    def summary(self) -> str:
         kinds = {}
         for m in self.layers.values():
             kinds[type(m.original).__name__] = kinds.get(type(m.original).__name__, 0) + 1
@@ -200,10 +202,10 @@ class TLCConversion:
             text += f'\n  note: {line}'
         return text
 
-    def __enter__(self):
+    def __enter__(self) -> 'TLCConversion':
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         self.restore()
         return False
 
@@ -232,7 +234,9 @@ def _calibration_input(model, train_size):
     return x.to(device=ref.device, dtype=ref.dtype) if ref is not None else x
 
 
-def convert(model, train_size, base_size=None, fast_imp=False, calib_input=None, warn=True):
+def convert(model: nn.Module, train_size: Union[int, Sequence[int]],
+            base_size: Optional[Union[int, Sequence[int]]] = None, fast_imp: bool = False,
+            calib_input: Optional[torch.Tensor] = None, warn: bool = True) -> TLCConversion:
     """Swap the supported global ops of ``model`` (in place) for local ones and calibrate their windows.
 
     Args:
@@ -303,6 +307,8 @@ def _calibrate(model, conv, calib_input):
                               f'comes from the first, {seen[0]}')
 
 
-def converted(model, train_size, base_size=None, fast_imp=False, **kwargs):
+def converted(model: nn.Module, train_size: Union[int, Sequence[int]],
+              base_size: Optional[Union[int, Sequence[int]]] = None, fast_imp: bool = False,
+              **kwargs) -> TLCConversion:
     """``with converted(net, 256, 384): ...`` -- the model is local inside the block, restored after it."""
     return convert(model, train_size, base_size, fast_imp, **kwargs)

@@ -5,7 +5,7 @@ gradient scaler buys nothing there). ``models/speed.py`` reads ``amp`` / ``val.a
 keeps its own copy (``restoring.amp_dtype``) until it switches to this one.
 """
 from contextlib import nullcontext
-from typing import Optional
+from typing import Any, ContextManager, Optional, Union
 
 import torch
 
@@ -15,7 +15,7 @@ AMP_DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.
 OFF = (None, False, 'none', 'fp32', 'float32', 'no', 'off')
 
 
-def amp_dtype(value, device, key: str = 'amp') -> Optional[torch.dtype]:
+def amp_dtype(value: Any, device: Union[str, torch.device], key: str = 'amp') -> Optional[torch.dtype]:
     """``value`` ('bf16', 'fp16', or off: None/false/'none'/'fp32') -> torch dtype or None for ``device`` (a
     ``torch.device``, 'cpu', 'cuda', 'cuda:1'); user mistakes -> ConfigError naming ``key``."""
     if value in OFF:
@@ -32,6 +32,6 @@ def amp_dtype(value, device, key: str = 'amp') -> Optional[torch.dtype]:
     return dtype
 
 
-def autocast(device_type: str, dtype: Optional[torch.dtype]):
+def autocast(device_type: str, dtype: Optional[torch.dtype]) -> ContextManager:
     """``torch.autocast`` for ``dtype``, or a no-op context when ``dtype`` is None."""
     return torch.autocast(device_type, dtype=dtype) if dtype is not None else nullcontext()

@@ -4,6 +4,7 @@ import os
 import random
 import re
 import tempfile
+from typing import Any, BinaryIO, Dict, Iterable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ import torch
 RECEIVED_FILES = {}
 
 
-def received(path):
+def received(path: Any) -> Optional[BinaryIO]:
     """The bytes rank 0 sent for ``path`` as a file object, or None."""
     import io
     data = RECEIVED_FILES.get(os.path.abspath(path)) if isinstance(path, str) else None
@@ -25,7 +26,7 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (e.g. disk full); the previous file at that path is unchanged."""
 
 
-def atomic_torch_save(obj, path):
+def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
 
     A crash, kill or full disk during the write leaves the previous file at ``path`` untouched; the error is
@@ -57,7 +58,7 @@ def atomic_torch_save(obj, path):
 STALE_TEMPORARY = re.compile(r'^\..+\.(pth|state)\.[A-Za-z0-9_]+\.tmp$')
 
 
-def remove_stale_temporaries(folder):
+def remove_stale_temporaries(folder: str) -> None:
     """Remove what ``atomic_torch_save`` leaves when killed mid-write (one process writes a run's folder)."""
     for name in os.listdir(folder):
         if STALE_TEMPORARY.match(name):
@@ -65,7 +66,7 @@ def remove_stale_temporaries(folder):
                 os.remove(os.path.join(folder, name))
 
 
-def rng_states():
+def rng_states() -> dict:
     """The random states that drive training data and augmentation: python, numpy, torch (and CUDA)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()  # stored as plain types + tensors: weights_only-safe
     states = {'python': random.getstate(), 'numpy': (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
@@ -75,7 +76,7 @@ def rng_states():
     return states
 
 
-def set_rng_states(states):
+def set_rng_states(states: dict) -> None:
     """Inverse of ``rng_states`` (CUDA states only when the device count matches)."""
     random.setstate(states['python'])
     name, keys, pos, has_gauss, gauss = states['numpy']
@@ -86,7 +87,7 @@ def set_rng_states(states):
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
-def unwrap_state_dict(loaded, param_key=None):
+def unwrap_state_dict(loaded: Any, param_key: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """The state_dict inside a checkpoint file: ``loaded[param_key]`` or a common wrapper key, 'module.' removed."""
     state = loaded
     if isinstance(loaded, dict):
@@ -97,7 +98,8 @@ def unwrap_state_dict(loaded, param_key=None):
     return {(k[7:] if k.startswith('module.') else k): v for k, v in state.items() if hasattr(v, 'shape')}
 
 
-def describe_state_dict_mismatch(expected, loaded, param_key=None, limit=8, ignored_prefixes=()):
+def describe_state_dict_mismatch(expected: Mapping[str, torch.Tensor], loaded: Any, param_key: Optional[str] = None,
+                                 limit: int = 8, ignored_prefixes: Iterable[str] = ()) -> str:
     """A readable list of missing/unexpected keys and shape differences between a net and a checkpoint.
 
     ``ignored_prefixes``: checkpoint keys the network itself drops when loading (an arch's

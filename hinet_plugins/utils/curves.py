@@ -4,6 +4,7 @@ import glob
 import os
 import re
 from collections import defaultdict
+from typing import Tuple
 
 from ..errors import ConfigError
 
@@ -13,7 +14,7 @@ _VAL_HEAD = re.compile(r'Validation (\S+)')
 _VAL_METRIC = re.compile(r'#\s*(\S+):\s*(-?\d+(?:\.\d+)?)')
 
 
-def parse_training_log(path: str):
+def parse_training_log(path: str) -> Tuple[dict, dict]:
     """Returns ({term: [(iter, value)]} of training losses, {dataset/metric: [(iter, value)]} of validation)."""
     train, val = defaultdict(list), defaultdict(list)
     last_iter, val_name = 0, None
@@ -80,7 +81,7 @@ def plot_series(train: dict, val: dict, out_png: str) -> str:
     return out_png
 
 
-def read_tensorboard(folder: str):
+def read_tensorboard(folder: str) -> Tuple[dict, dict]:
     """({loss: [(iter, value)]}, {dataset/metric: [(iter, value)]}) from the event files under ``folder``: the
     scalars basicsr writes (``losses/<name>``, ``metrics/<dataset>/<metric>``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -97,7 +98,7 @@ def read_tensorboard(folder: str):
     return ({k: sorted(v) for k, v in train.items()}, {k: sorted(v) for k, v in val.items()})
 
 
-def load_series(path: str):
+def load_series(path: str) -> Tuple[dict, dict, str, str]:
     """(train, val, source, default PNG path) for a ``train_*.log``, an experiment folder (its newest log) or a
     folder of TensorBoard events; ConfigError naming ``path`` when it holds none or no values."""
     if os.path.isdir(path):

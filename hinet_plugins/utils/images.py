@@ -1,10 +1,15 @@
 """Image files as the option checks and data tools see them: extensions, and sizes read from the header only."""
+from typing import TYPE_CHECKING
+
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
-def pil_channels(im) -> int:
+def pil_channels(im: 'Image.Image') -> int:
     """Channels as basicsr's LMDB writer records them (cv2 IMREAD_UNCHANGED): 1 gray, 2 gray+alpha, 3, 4 +alpha."""
     gray = im.mode in ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'F')
     alpha = 'A' in im.mode or 'a' in im.mode or (im.mode == 'P' and 'transparency' in im.info)

@@ -1,10 +1,11 @@
 """Overlapping-tile forward for images larger than a patch (validation ``grids`` and ``scripts/inference.py``)."""
 import math
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 
-def tile_origins(length, tile, stride):
+def tile_origins(length: int, tile: int, stride: int) -> List[int]:
     """Tile (or crop) origins every ``stride`` pixels covering [0, length), the last one flush with the border."""
     if length <= tile:
         return [0]
@@ -26,14 +27,16 @@ def _blend_window(tile_h, tile_w, overlap, device, dtype):
     return ramp(tile_h)[:, None] * ramp(tile_w)[None, :]
 
 
-def tile_boxes(h, w, tile, overlap):
+def tile_boxes(h: int, w: int, tile: int, overlap: int) -> Tuple[int, int, List[Tuple[int, int]]]:
     """(tile height, tile width, [(y, x) origins]) of the crops ``tiled_forward`` runs on an h x w image."""
     th, tw = min(tile, h), min(tile, w)
     stride_h, stride_w = max(th - overlap, 1), max(tw - overlap, 1)
     return th, tw, [(y, x) for y in tile_origins(h, th, stride_h) for x in tile_origins(w, tw, stride_w)]
 
 
-def tiled_forward(fn, img, tile, overlap=32, batch=8, blend=True, on_batch=None):
+def tiled_forward(fn: Callable[[torch.Tensor], Union[torch.Tensor, Sequence[torch.Tensor]]], img: torch.Tensor,
+                  tile: int, overlap: int = 32, batch: int = 8, blend: bool = True,
+                  on_batch: Optional[Callable[[int], Any]] = None) -> torch.Tensor:
     """Apply ``fn`` (N,C,h,w -> N,C,h,w) to overlapping ``tile``x``tile`` crops of ``img`` and merge them.
 
     ``fn`` may return a list of stage outputs; the last is used. Crops are run ``batch`` at a time. With

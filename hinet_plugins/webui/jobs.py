@@ -7,6 +7,7 @@ A ground truth belongs to the image with the same file name stem (``a_gt.png`` o
 with one image and one ground truth, to that image.
 """
 import os
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,7 +20,7 @@ class UploadError(ValueError):
     """One uploaded file cannot be used; the message names it and says why on one line."""
 
 
-def header_size(path):
+def header_size(path: str) -> Optional[Tuple[int, int]]:
     """(width, height) read from the file header without decoding the pixels, or None when PIL cannot tell."""
     try:
         from PIL import Image
@@ -30,7 +31,7 @@ def header_size(path):
         return None
 
 
-def read_upload(path, max_pixels=MAX_PIXELS):
+def read_upload(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """The image array of an uploaded file (as cv2 reads it: BGR(A) or gray, 8/16-bit, float); UploadError when the
     file is empty, not an image or larger than ``max_pixels``."""
     name = os.path.basename(path)
@@ -51,7 +52,7 @@ def read_upload(path, max_pixels=MAX_PIXELS):
     return img
 
 
-def preview(img):
+def preview(img: np.ndarray) -> np.ndarray:
     """An 8-bit copy of a cv2 image for the page, channel order kept (16-bit shifted, float scaled from [0, 1])."""
     if img.dtype == np.uint16:
         return (img >> 8).astype(np.uint8)
@@ -66,7 +67,7 @@ def _colour_255(img):
     return img.astype(np.float64) * scale
 
 
-def metrics(restored, gt, name='ground truth'):
+def metrics(restored: np.ndarray, gt: np.ndarray, name: str = 'ground truth') -> Tuple[float, float]:
     """(PSNR, SSIM) of ``restored`` against ``gt`` (cv2 arrays of the same size)."""
     from basicsr.metrics import calculate_psnr, calculate_ssim
     if gt.shape[:2] != restored.shape[:2]:
@@ -80,7 +81,7 @@ def metrics(restored, gt, name='ground truth'):
     return calculate_psnr(a, b, 0), calculate_ssim(a, b, 0)
 
 
-def pair_ground_truths(images, truths):
+def pair_ground_truths(images: Sequence[str], truths: Sequence[str]) -> Dict[str, str]:
     """{image path: ground-truth path} (see the module doc)."""
     def stem(p):
         s = os.path.splitext(os.path.basename(p))[0]
@@ -92,13 +93,14 @@ def pair_ground_truths(images, truths):
     return pairs
 
 
-def output_name(path):
+def output_name(path: str) -> str:
     """``a.png`` -> ``a_restored.png``; a name cv2 cannot write (no or odd extension) -> ``..._restored.png``."""
     stem, ext = os.path.splitext(os.path.basename(path))
     return f'{stem}_restored{ext.lower() if ext.lower() in IMG_EXTS else ".png"}'
 
 
-def restore_file(restorer, path, out_dir, gt_path=None, max_pixels=MAX_PIXELS):
+def restore_file(restorer: Callable[[np.ndarray], np.ndarray], path: str, out_dir: str, gt_path: Optional[str] = None,
+                 max_pixels: int = MAX_PIXELS) -> dict:
     """Restore one upload into ``out_dir``: {'name', 'input', 'restored' (preview PNGs), 'file' (the download),
     'psnr', 'ssim' (None without a usable ground truth), 'note' (why the ground truth was not used, or None)}.
     UploadError for a bad image file; model errors are the caller's."""

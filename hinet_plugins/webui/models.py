@@ -9,6 +9,7 @@ Paths in option files are read relative to the working directory, then to the re
 """
 import os
 from collections import namedtuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
 from ..basicsr_ext import load_yaml
@@ -20,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 Model = namedtuple('Model', 'label opt checkpoint')  # opt: option file or None (detected from the checkpoint)
 
 
-def can_detect():
+def can_detect() -> bool:
     from .. import archs
     return hasattr(archs, 'detect')
 
@@ -48,7 +49,8 @@ def _unique(label, taken):
     return name
 
 
-def find_models(option_files=(), models_dir=None, test_options=os.path.join(REPO, 'options', 'test')):
+def find_models(option_files: Sequence[str] = (), models_dir: Optional[str] = None,
+                test_options: Optional[str] = os.path.join(REPO, 'options', 'test')) -> Tuple[List[Model], List[str]]:
     """([Model], [note]): what the page offers (see the module doc) and one line per checkpoint left out."""
     found, notes, taken = [], [], set()
     for path in option_files:
@@ -87,7 +89,8 @@ def find_models(option_files=(), models_dir=None, test_options=os.path.join(REPO
     return found, notes
 
 
-def load_restorer(model, device='cpu', tlc=False, train_size=None, **settings):
+def load_restorer(model: Model, device: str = 'cpu', tlc: bool = False, train_size: Optional[int] = None,
+                  **settings) -> Restorer:
     """``model`` as a ``Restorer`` on ``device`` with ``settings`` (tile, self_ensemble, amp, channel_order, ...).
 
     ``tlc``: False, or True with the option file's ``val.tlc`` (``train_size`` overrides its training size)."""

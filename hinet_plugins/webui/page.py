@@ -11,15 +11,17 @@ import os
 import shutil
 import tempfile
 import threading
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError, one_line
+from ..restore import Restorer
 from .jobs import MAX_PIXELS, UploadError, pair_ground_truths, restore_file
-from .models import load_restorer
+from .models import Model, load_restorer
 
 os.environ['GRADIO_ANALYTICS_ENABLED'] = 'False'  # before gradio is imported: no usage reports, no version check
 
 
-def parse_tile(text):
+def parse_tile(text: Any) -> Optional[Union[int, str]]:
     """'auto' / '' (whole image) / a size in pixels -> the ``Restorer`` tile; ConfigError otherwise."""
     text = str(text or '').strip().lower()
     if text in ('', 'none', 'off'):
@@ -34,13 +36,15 @@ def parse_tile(text):
 class RestorePage:
     """The page's state (models, device, loaded model, work folder) and its event handlers."""
 
-    def __init__(self, models, device='cpu', max_pixels=MAX_PIXELS, work_dir=None):
+    def __init__(self, models: Iterable[Model], device: str = 'cpu', max_pixels: int = MAX_PIXELS,
+                 work_dir: Optional[str] = None) -> None:
         self.models = {m.label: m for m in models}
         self.device, self.max_pixels = device, max_pixels
         self.work_dir = work_dir or tempfile.mkdtemp(prefix='hinet_webui_')
         self._loaded, self._lock, self._runs = (None, None), threading.Lock(), 0
 
-    def restorer(self, label, tlc, train_size, self_ensemble, amp, tile):
+    def restorer(self, label: str, tlc: bool, train_size: Optional[int], self_ensemble: bool, amp: Optional[str],
+                 tile: Optional[Union[int, str]]) -> Restorer:
         """The Restorer for these choices (the last one is kept loaded); ConfigError for a bad choice."""
         if label not in self.models:
             raise ConfigError(f"model: '{label}' is not one of the models offered")
@@ -52,7 +56,9 @@ class RestorePage:
             self._loaded = (key, restorer)
         return self._loaded[1]
 
-    def run(self, files, truths, label, tlc, train_size, self_ensemble, amp, tile, progress=None):
+    def run(self, files: Optional[Sequence[str]], truths: Optional[Sequence[str]], label: str, tlc: bool,
+            train_size: Optional[int], self_ensemble: bool, amp: str, tile: Any,
+            progress: Optional[Callable] = None) -> Tuple[List[str], List[dict]]:
         """Restore the uploads: (status lines, results) where results are ``jobs.restore_file`` dicts."""
         files = [f for f in (files or []) if f]
         if not files:
@@ -85,7 +91,7 @@ class RestorePage:
             done += f" (last image: {'tile ' + str(plan['tile']) if plan['tile'] else 'whole image'})"
         return [done] + lines, results
 
-    def build(self):
+    def build(self) -> Any:
         """The gradio Blocks of the page."""
         import gradio as gr
         labels = list(self.models)
@@ -135,18 +141,18 @@ class RestorePage:
             shown.input(on_show, [shown, results], slider)
         return page
 
-    def launch(self, host='127.0.0.1', port=7860, max_file_size='512mb', **kw):
+    def launch(self, host: str = '127.0.0.1', port: int = 7860, max_file_size: str = '512mb', **kw) -> Any:
         """Serve the page on ``host``:``port`` (never a public share link); blocks unless prevent_thread_lock."""
         page = self.build()
         page.queue(default_concurrency_limit=1)
         return page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
                            max_file_size=max_file_size, allowed_paths=[self.work_dir], show_error=False, **kw)
 
-    def close(self):
+    def close(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def metrics_table(results):
+def metrics_table(results: List[dict]) -> str:
     rows = [r for r in results if r['psnr'] is not None]
     if not rows:
         return ''
