@@ -1,58 +1,16 @@
 """DRCNet: Dynamic Image Restoration Contrastive Network (Li et al., 2023) and its DFR block.
 
-DRCNet is HINet's two-stage U-Net (SAM, CSFF, ``skip_conv_*``, ``cat12``, plain decoder blocks: all inherited from
-``HINet``) at depth 4 with every encoder block replaced by a Dynamic Filter Restoration (DFR) block (Sec. 3.2):
-
-    A = LeakyReLU(RegionNorm(conv_1(x)) on the first half of the channels, other half kept)   spatial filter (SF)
-    B = LeakyReLU(EnergyAttention(conv_2(x)))                                                  energy attention (EA)
-    DFR(x) = A * B + identity(x)          (identity = 1x1 conv; the paper's "output = SF x EA + identity")
-
-RegionNorm (``norm``, paper Eqs. 2-7): M_sr = sigmoid(conv7x7([channel mean, channel max])) (``norm.sa.conv1``);
-mask = (M_sr >= t); gamma, beta = 7x7 convs of M_sr (``norm.sa.gamma_conv/beta_conv``); the masked region and its
-complement are normalised separately with their own mean and variance (``norm.rn``, whose affine weight and bias
-are ``norm.rn.bn_norm``); output = normalised * (1 + gamma) + beta. EnergyAttention is SimAM (paper Eqs. 8-9):
-x * sigmoid((x - mu)^2 / (4 (var + lambda)) + 0.5), per-channel spatial mean and variance.
-
-Readings (paper vs the authors' release, leefly072/DRCNet) -- the defaults are the paper's (``preset: paper``);
-``preset: release`` (the keywords in ``RELEASE_DFR`` plus ``mask_mode='hard'``) reproduces the release, whose
-state_dicts load with ``strict=True`` either way (names, shapes and parameter count 18,975,798 at wf=64 match the
-release). The release's own option files name no preset, so they get the paper's reading unless they add
-``preset: release``:
-- ``mask_threshold`` t: paper 0.75, release 0.8. ``energy_lambda``: paper delta = 1e-6, release 1e-4.
-- ``mask_mode``: the threshold has no gradient. 'hard' = paper/release (mask detached; ``sa.conv1`` learns only
-  through gamma and beta). 'ste' (default) = straight-through estimator: forward the hard mask, backward as if the
-  mask were M_sr itself, so the response map also learns where to split the regions. 'soft' = the relaxed mask
-  sigmoid((M_sr - t) / ``mask_temperature``) in forward and backward (no hard threshold).
-- ``region_stats``: 'sample' (default) = paper Eqs. 5-6: mean and variance of each region per sample and channel;
-  each pixel is normalised with the statistics of its own region. A region's statistics are shrunk toward the
-  whole map's with a prior weight of ``region_prior`` (fraction of the map area, 1e-3): an empty or one-pixel region
-  (e.g. at initialisation, where M_sr ~ 0.5 < t everywhere) then gets instance-norm statistics instead of a 0/0,
-  which keeps the STE gradient finite; regions larger than the prior are practically unaffected.
-  'batch' = release (Region Normalization, Yu et al. 2020): each region's holes are filled with the region mean
-  taken over the whole batch and space (so samples influence each other), the filled map is instance-normalised
-  (eps 1e-5, then the affine ``bn_norm``), scaled by sqrt(region fraction of the batch), and the two regions are
-  summed (the affine bias therefore leaks into the other region, as in the release).
-- ``energy_unbiased``: SimAM's variance; paper text divides by N = H*W (False), the release (SimAM's code) by N - 1.
-- Branch inputs: conv_2 runs on the block input (release); M_sr is computed from the normalised half (release),
-  from [mean, max] in that channel order (release; Eq. 3 writes [F_max, F_avg]). Eq. 7 scales by gamma; we use
-  (1 + gamma), as the release does (gamma ~ 0 starts as plain normalisation; ``bn_norm`` holds the learned scale).
-- Decoder: the paper says "three ResBlocks in the decoder"; the release (and this class) uses HINet's plain
-  up blocks, which is what gives the published parameter count.
-- ``hin_position_left/right``: levels outside the range skip the region normalisation, but ``norm`` is still created
-  in every encoder block (its keys are in the release's state_dicts).
-
-Every spatial global statistic (region means/variances, SimAM's mean/variance) is computed with an
-``nn.AdaptiveAvgPool2d(1)`` module instance (region mean = pool(x * m) / pool(m)), so the TLC converter can swap
-those modules for local sliding-window versions; the arithmetic broadcasts unchanged over local statistic maps.
-Variances are E[(x - s)^2] - E[x - s]^2 with s a constant per-channel shift (the detached centre pixel, a value
-within a few standard deviations of the mean): exact for any s, also for local windows, without the cancellation of
-the unshifted form when |mean| >> std, and not itself a spatial reduction (TLC's converter reports those).
-
-Table 4 ablations (``dfr_variant``): 'base' = A without the region normalisation; 'sf' = A; 'ea' = A(base) * B;
-'sf_identity' = A + identity; 'sf_ea' = A * B; 'full' = A * B + identity (DFR). Branches a variant lacks have no
-modules. The paper's Table 4 parameter counts do not follow from one consistent structure: 'sf', 'sf_identity',
-'sf_ea' and 'full' match ours (15.4 / 15.8 / 18.6 / 18.9 M), but its 'base' (12.7 M) and 'ea' (13.1 M) lie 2.7 M and
-5.5 M below what removing branches gives (15.4 / 18.6 M); see the configurations in ``describe(DRCNet, ...)``.
+DRCNet is HINet's two-stage U-Net at depth 4 (SAM, CSFF, skips and decoder inherited from ``HINet``) whose encoder
+blocks are Dynamic Filter Restoration blocks (``DFR``, Sec. 3.2): spatial filter x energy attention + identity.
+- Structure and parameter names are the authors' release's (leefly072/DRCNet), so its state_dicts load with
+  ``strict=True``; e.g. the decoder is HINet's plain up blocks (the paper says "three ResBlocks").
+- Where paper and release compute differently, ``preset: paper`` (the default) follows the paper and ``preset:
+  release`` reproduces the release's forward and gradients (``PRESETS``; the readings: ``DRCNet``). The release's
+  option files name no preset, so they get the paper's reading.
+- Every spatial statistic is taken through an ``nn.AdaptiveAvgPool2d(1)`` module (``pooled_moments``), so TLC's
+  converter localises DRCNet without knowing it.
+- ``dfr_variant`` builds the Table 4 ablations (absent branches have no modules); Table 4's 'base' and 'ea'
+  parameter counts are not reachable by removing branches (compare the ``describe`` configs below).
 """
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
@@ -83,10 +41,12 @@ def pooled_moments(pool, x, region=None, prior=0.0):
     """Mean and variance of ``x`` through ``pool`` (an AdaptiveAvgPool2d(1) or a local replacement).
 
     With ``region`` (a mask broadcastable to x) the moments are those of the masked pixels, mixed with the whole
-    map's at weight ``prior`` (a fraction of the map): (pool(x m) + prior pool(x)) / (pool(m) + prior).
+    map's at weight ``prior`` (a fraction of the map): (pool(x m) + prior pool(x)) / (pool(m) + prior). The variance
+    is E[(x - s)^2] - E[x - s]^2 with s the detached centre pixel per channel: exact for any s (local windows too),
+    without the cancellation of the unshifted form when |mean| >> std, and no spatial reduction of its own.
     """
     h, w = x.shape[-2:]
-    shift = x.detach()[..., h // 2:h // 2 + 1, w // 2:w // 2 + 1]  # numerical shift only (see module docstring)
+    shift = x.detach()[..., h // 2:h // 2 + 1, w // 2:w // 2 + 1]  # numerical shift only (see the docstring)
     xs = x - shift
     sq = xs * xs
     if region is None:
@@ -129,7 +89,13 @@ class SpatialResponse(nn.Module):
 
 
 class MaskedRegionNorm(nn.Module):
-    """Normalises the masked region and its complement separately (Eqs. 5-7); release key ``norm.rn``."""
+    """Normalises the masked region and its complement separately (Eqs. 5-7); release key ``norm.rn``.
+
+    ``region_stats='sample'`` (paper Eqs. 5-6): per-sample, per-channel moments of each pixel's region, shrunk toward
+    the map's with weight ``region_prior`` (fraction of the area): an empty region (e.g. at init) gets instance-norm
+    statistics, not 0/0. 'batch' (release; Region Normalization, Yu et al. 2020): holes filled with the batch-wide
+    region mean (samples affect each other), instance-normalised, ``bn_norm``, scaled by sqrt(fraction), summed.
+    """
 
     def __init__(self, channels, region_stats='sample', eps=1e-5, region_prior=1e-3):
         super().__init__()
@@ -159,7 +125,12 @@ class MaskedRegionNorm(nn.Module):
 
 
 class RegionNorm(nn.Module):
-    """Adaptive feature normalisation of the spatial filter branch; release key ``norm`` (see module docstring)."""
+    """Adaptive normalisation of the spatial filter branch: rn(x, mask) * (1 + gamma) + beta; release key ``norm``.
+
+    (1 + gamma), as the release, where Eq. 7 writes gamma. ``mask_mode`` (the threshold has no gradient): 'hard' =
+    paper/release, mask detached (``sa.conv1`` learns only through gamma, beta); 'ste' = straight-through, hard mask
+    forward, M_sr's gradient backward (the map learns where to split); 'soft' = sigmoid((M_sr - t) / temperature).
+    """
 
     def __init__(self, channels, mask_threshold=0.75, mask_mode='ste', mask_temperature=0.05, region_stats='sample',
                  region_prior=1e-3, kernel_size=7):
@@ -185,7 +156,7 @@ class RegionNorm(nn.Module):
 
 
 class EnergyAttention(nn.Module):
-    """SimAM energy attention (Eqs. 8-9): x * sigmoid((x - mu)^2 / (4 (var + lambda)) + 0.5), no parameters."""
+    """SimAM (Eqs. 8-9): x * sigmoid((x - mu)^2 / (4 (var + lambda)) + 0.5); ``unbiased``: var over N - 1 (release)."""
 
     def __init__(self, energy_lambda=1e-6, unbiased=False):
         super().__init__()
@@ -205,9 +176,10 @@ class EnergyAttention(nn.Module):
 class DFR(nn.Module):
     """Dynamic Filter Restoration block (Sec. 3.2): spatial filter x energy attention + identity.
 
+    out = LeakyReLU(conv_1(x) with RegionNorm on its first half) * LeakyReLU(SimAM(conv_2(x))) + identity(x) (1x1).
     A plug-in block: ``DFR(in_size, out_size)`` maps (N, in_size, H, W) -> (N, out_size, H, W) for any H, W.
-    ``variant`` selects the Table 4 ablation; ``use_norm=False`` keeps the ``norm`` module but skips it (HINet's
-    HIN range). Other keywords: see the module docstring.
+    ``variant``: the Table 4 ablation (``DFR_VARIANTS``: RegionNorm, SimAM branch, identity on/off); ``use_norm=False``
+    keeps the ``norm`` module but skips it (HINet's HIN range). Other keywords: ``DRCNet``, ``RegionNorm``.
     """
 
     def __init__(self, in_size, out_size, relu_slope=0.2, variant='full', use_norm=True, mask_threshold=0.75,
@@ -268,11 +240,12 @@ class DFRDownBlock(DFR):
 class DRCNet(HINet):
     """DRCNet (Sec. 3.1): HINet's two-stage U-Net (depth 4) with DFR encoder blocks; returns [stage 1, final].
 
-    Defaults: the paper's hyper-parameters with the release's structure (18,975,798 parameters at wf=64).
-    ``preset='release'`` (option file: ``network_g.preset: release``) computes what the release computes on its
-    checkpoints, forward and gradients: ``RELEASE_DFR`` with ``mask_mode='hard'``. A preset only sets the defaults
-    of the five keywords in ``PRESETS``; a keyword given explicitly wins. Inputs of any size are reflect-padded to a
-    multiple of 2^(depth-1) and the outputs cropped back (inherited from HINet).
+    ``preset`` sets the defaults of the five ``PRESETS`` keywords, where paper and release differ (explicit ones
+    win): mask threshold t, SimAM ``energy_lambda`` and ``energy_unbiased`` (paper: var over N; release: N - 1),
+    ``region_stats`` (``MaskedRegionNorm``), ``mask_mode`` (``RegionNorm``). Release readings kept in both: conv_2
+    on the block input; M_sr from the half to be normalised (before normalising), from [mean, max] (Eq. 3: [max,
+    avg]). ``hin_position_left/right``: levels outside skip the region norm but keep ``norm`` (its keys are in the
+    release's state_dicts). Any input size: reflect-padded to a multiple of 2^(depth-1), cropped back (``HINet``).
     """
 
     def __init__(self, in_chn=3, wf=64, depth=4, relu_slope=0.2, hin_position_left=0, hin_position_right=4,

@@ -1,51 +1,17 @@
 """FCN: the feature catcher network (Zhang et al., "A feature catcher with excellent deblurring effects", ICBDT 2022).
 
-The paper (Sec. 3, Figs. 2-5; the figures are not in its text) describes four stages on patches of 8, 4, 2 and 1
-pieces. What the network is comes from the authors' release (XinyueZhangqdu/FCN, class ``Net``): MPRNet-deblur
-(see ``mprnet_arch``; this class subclasses ``MPRNet``) plus a **stage 0**:
+The paper's text does not pin the network down (its Figs. 2-5 are not in the text); what it is comes from the
+authors' release (XinyueZhangqdu/FCN, class ``Net``): MPRNet-deblur plus a stage 0 on 8 patches whose features join
+stage 1's level-1 encoder features (``FCN``). This class subclasses ``MPRNet`` and inherits its SAM, ORSNet, CSFF,
+padding to a multiple of 8 and stage-order outputs.
 
-- The image is cut into 8 patches of (H/2) x (W/4): each stage-1 quarter split into a left and a right half. Each
-  goes through the "processing block" (Sec. 3.1, Fig. 3a) ``shallow_feat0`` = 3x3 conv (3 -> n_feat) + a CAB whose
-  activation is SELU (MPRNet's CAB with its own ``nn.SELU`` instead of the shared PReLU; its channel attention
-  keeps ReLU, as in the release). The 8 maps are joined along the width into a top and a bottom map of
-  (H/2) x W (the sizes of stage 1's top and bottom level-1 encoder features).
-- The top map is gated by the "enhanced feature extraction module" (Sec. 3.3, Fig. 4a): LayerNorm without affine
-  parameters (``attention_norm``) -> 1x1 conv n_feat -> n_feat/2 (``attention_down``) -> 1x1 conv n_feat/2 -> n_feat
-  (``attention_up``) -> sigmoid, times the map. The gated top map is added to stage 1's top level-1 encoder
-  feature, the bottom map (not gated) to the bottom one. The modified features are decoded by stage 1 and also feed
-  stage 2's cross-stage feature fusion (the release overwrites its feature list in place; here ``stage1_encode``,
-  whose result both consumers use, is overridden).
-- The rest is MPRNet: SAM between stages (the paper's multi-stage attention mechanism, Sec. 3.4) and the ORSNet of
-  stage 3 fed by the stage-2 encoder/decoder features (the raw information mechanism, Sec. 3.5). The paper's
-  "query-key mechanism" (Sec. 3.2) has no module of its own in the release; its query/key maps are read here as
-  the sigmoid gate and the gated map.
-
-Parameters: 20,309,377 at the paper's width (n_feat 96, scale_unetfeats 48, scale_orsnetfeats 32, 8 CABs,
-reduction 4, no biases) = the paper's 20.309 M (Sec. 4.3.1) = MPRNet-deblur 20,127,073 + ``shallow_feat0`` 173,088
-+ ``attention_down``/``attention_up`` 4,608 each. The release also builds a decoder ``stage1_decoder1``
-(1,517,184 parameters, 21,826,561 in all) that its forward never calls; it is not built here, and its keys
-(``ignored_checkpoint_prefixes``) are dropped, with a logged note, when a release checkpoint is loaded
-(``_load_from_state_dict``, so any ``load_state_dict`` does it); every other key loads strictly, and the model's
-mismatch report leaves those keys out. ``attention_norm`` has no parameters (no state_dict key, as in the release).
-Release checkpoints are ``{'epoch', 'state_dict', 'optimizer'}`` with MPRNet-style names, so an option file loads
-them with ``param_key_g: state_dict`` (basicsr strips the ``module.`` prefix). MACs at 1x3x256x256: 771.4 G
-(``scripts/complexity.py --only FCN``; MPRNet-deblur 760.0 G); the paper gives none.
-
-Differences from the release (choices, not weights):
-- Width: the release hard-codes the gate's convs as 96 -> 48 -> 96; here they are n_feat -> n_feat // 2 -> n_feat
-  (identical at the paper's width). Like the release they are bias-free whatever ``bias`` says.
-- LayerNorm: the release builds ``nn.LayerNorm(x.size())`` inside forward, normalising over the whole tensor
-  *including the batch*, so a sample's output depends on the other samples of its batch (and on the batch size).
-  ``layernorm_scope='sample'`` (default) normalises each sample over (C, H, W) with ``nn.GroupNorm(1, C,
-  affine=False)`` (eps 1e-5 as LayerNorm's): identical to the release for batches of one (test time), batch
-  independent in training, and a module that TLC can make local. ``layernorm_scope='batch'`` reproduces the release
-  (``BatchLayerNorm``; TLC reports it as a global op it cannot localise).
-- Outputs in stage order ``[stage 1, stage 2, final]`` (the release returns them reversed), as every network here.
-- Any input size: reflect-padded to a multiple of 8 and cropped back (inherited from ``MPRNet``). 8 makes every
-  split exact: H/2 and W/4 for stage 0, and two halvings of the (H/2) x (W/2) stage-1 quarters.
-
-TLC: the channel attentions (``nn.AdaptiveAvgPool2d(1)``, also those of the processing block) and the per-sample
-LayerNorm gate (``nn.GroupNorm``) are module types the converter swaps (``FCNLocal`` in ARCH_REGISTRY).
+Decisions:
+- Parameter names are the release's, so its checkpoints (``{'epoch', 'state_dict', 'optimizer'}``: option files
+  say ``param_key_g: state_dict``) load strictly, except ``stage1_decoder1``, a decoder the release builds but never
+  calls: it is not built here and its keys are dropped, with a logged note, on loading.
+- ``layernorm_scope='sample'`` (default) replaces the release's batch-wide LayerNorm by a per-sample one: identical
+  for batches of one, batch independent in training, localisable by TLC; 'batch' reproduces the release.
+- The gate's widths follow ``n_feat`` (release: hard-coded 96 -> 48 -> 96, the same at the paper's width).
 """
 import torch
 from basicsr.utils import get_root_logger
@@ -74,7 +40,23 @@ class BatchLayerNorm(nn.Module):
 
 @ARCH_REGISTRY.register()
 class FCN(MPRNet):
-    """See the module docstring. ``forward(x) -> [stage-1 image, stage-2 image, final image]``."""
+    """MPRNet-deblur + stage 0; ``forward(x) -> [stage-1 image, stage-2 image, final image]`` (the release: reversed).
+
+    Stage 0: each (H/2) x W half of stage 1 is cut into four (H/2) x (W/4) patches, each run through the processing
+    block ``shallow_feat0`` (Sec. 3.1: 3x3 conv + a CAB with its own SELU; its channel attention keeps ReLU, as in the
+    release) and joined along the width (``stage0``). The top map is gated (``gate``) and added to stage 1's top
+    level-1 encoder feature, the bottom map as it is to the bottom one; stage 1's decoder and stage 2's CSFF both use
+    the sums (``stage1_encode``; the release overwrites its feature list in place). Paper to code: multi-stage
+    attention (Sec. 3.4) = SAM, raw information mechanism (Sec. 3.5) = ORSNet fed by stage 2; the query-key
+    mechanism (Sec. 3.2) has no module in the release and is read as the sigmoid gate and the gated map. The
+    multiple of 8 makes the splits exact (H/2, W/4, two halvings of the stage-1 quarters).
+    ``gate`` (enhanced feature extraction, Sec. 3.3): ``attention_norm`` (no parameters, no state_dict key, as in the
+    release), then 1x1 convs n_feat -> n_feat/2 -> n_feat, bias-free whatever ``bias`` (release). ``layernorm_scope``:
+    'sample' = ``nn.GroupNorm(1, C, affine=False)`` (eps 1e-5) per sample over (C, H, W); 'batch' = the release's
+    ``nn.LayerNorm(x.size())`` built in forward, over the batch too (``BatchLayerNorm``; TLC reports it as global).
+    Release checkpoints' ``stage1_decoder1.*`` keys are dropped in ``_load_from_state_dict``, so every
+    ``load_state_dict`` accepts them.
+    """
 
     ignored_checkpoint_prefixes = (RELEASE_UNUSED_PREFIX,)  # dropped on load (also left out of mismatch reports)
 

@@ -1,23 +1,17 @@
 """HINet: Half Instance Normalization Network (Chen et al., CVPRW 2021).
 
-Two U-Nets (depth 5: four 4x4 stride-2 downsamplings, four 2x2 transposed-conv upsamplings) joined by a
-Supervised Attention Module (SAM, 3x3 convs with bias) and Cross-Stage Feature Fusion (stage-1 encoder and
-decoder features enter stage-2's encoder blocks through 3x3 convs). HIN blocks sit in the encoder levels
-``hin_position_left..hin_position_right``. Each stage predicts a residual image; ``forward`` returns
+Two U-Nets (depth 5 by default) joined by a Supervised Attention Module (SAM, 3x3 convs with bias) and Cross-Stage
+Feature Fusion; HIN blocks sit in the encoder levels ``hin_position_left..hin_position_right``. ``forward`` returns
 ``[stage-1 image, final image]``.
 
-Parameter names and constructor keywords follow the public release (megvii-model/HINet), so its checkpoints
-load with ``strict=True``; that includes the 3x3 ``skip_conv_*`` on every skip connection, which the paper does
-not mention. Defaults reproduce the release (88,669,702 parameters at wf=64).
-
-Options beyond the release (all off by default):
-- ``norm_type``: the normalisation of the encoder levels in the HIN range (Table 6: none, bn, in, ln, gn, ibn,
-  hin); ``hin_in_decoder`` adds it to decoder blocks too (Table 7's last row).
-- ``num_stages=1, use_skip=False`` gives "HINet Simple" (Sec. 4.2; registered as ``HINetSimple`` with wf=32).
-- ``num_res_blocks``: residual blocks at the end of each encoder and decoder block ("Wider, Deeper", Sec. 4.4).
-- Any input size: the input is reflect-padded to a multiple of 2^(depth-1) and outputs are cropped back.
-- ``grad_checkpoint`` (attribute, set by the model for ``train.grad_checkpoint``): each stage's encoder and decoder
-  run under activation checkpointing (``blocks.checkpoint_call``); subclasses such as DRCNet inherit it.
+Decisions:
+- Parameter names and constructor keywords follow the public release (megvii-model/HINet), so its checkpoints load
+  with ``strict=True``; that includes the 3x3 ``skip_conv_*`` on every skip, which the paper does not mention.
+  Defaults reproduce the release's network.
+- The paper's ablations are constructor options whose defaults are the release's (see ``HINet``), so one class
+  serves Tables 6-7 and Secs. 4.2/4.4; ``HINetSimple`` is the registered Sec. 4.2 network.
+- ``make_encoder_block`` is the one hook a subclass overrides to swap the encoder blocks (DRCNet's DFR); padding,
+  stages and activation checkpointing are inherited.
 """
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
@@ -29,6 +23,15 @@ from .spec import Config, count, describe, shape
 
 @ARCH_REGISTRY.register()
 class HINet(nn.Module):
+    """HINet; ``forward(x) -> [stage-1 image, final image]`` (one image with ``num_stages=1``).
+
+    Each U-Net has ``depth - 1`` 4x4 stride-2 downsamplings and 2x2 transposed-conv upsamplings; stage-1 encoder and
+    decoder features enter stage 2's encoder blocks through 3x3 convs (CSFF); each stage predicts a residual image.
+    Options beyond the release: ``norm_type`` of the levels in the HIN range (Table 6: none, bn, in, ln, gn, ibn, hin)
+    and ``hin_in_decoder`` (Table 7's last row); ``num_stages=1, use_skip=False`` = "HINet Simple" (Sec. 4.2);
+    ``num_res_blocks`` residual blocks per encoder/decoder block ("Wider, Deeper", Sec. 4.4). Any input size:
+    reflect-padded to a multiple of 2^(depth-1) (at least 2x2 at the deepest level) and cropped back.
+    """
     grad_checkpoint = False  # set by the model for ``train.grad_checkpoint``: each stage's encoder/decoder
 
     def __init__(self, in_chn=3, wf=64, depth=5, relu_slope=0.2, hin_position_left=0, hin_position_right=4,

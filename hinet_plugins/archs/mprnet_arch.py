@@ -1,47 +1,18 @@
 """MPRNet: Multi-Stage Progressive Image Restoration (Zamir et al., CVPR 2021).
 
-Three stages on a multi-patch hierarchy (paper Fig. 2): stage 1 encodes four non-overlapping quarters of the
-image with a channel-attention U-Net (quarters joined along the width before the decoder, so it decodes two
-halves), stage 2 encodes the top and bottom halves and decodes the whole image, stage 3 is the
-original-resolution subnetwork (ORSNet: 3 ORBs of ``num_cab`` CABs) on the full image. A Supervised Attention
-Module (SAM, 1x1 convs) joins the stages and predicts the supervised stage images; Cross-Stage Feature Fusion
-(CSFF, 1x1 convs) carries the encoder and decoder features of one stage into the next.
+Three stages on a multi-patch hierarchy (Fig. 2): stage 1 encodes the image's four quarters, stage 2 its two halves,
+stage 3 (ORSNet) the full image at full resolution; SAM joins the stages and CSFF carries features forward.
 
-Constructor keywords and parameter names are those of the public release (swz30/MPRNet, one file per task that
-differs only in defaults), so its checkpoints load with ``strict=True``. Presets (``n_feat, scale_unetfeats,
-scale_orsnetfeats``): deblurring (96, 48, 32) 20,127,073 parameters, denoising (80, 48, 32) 15,741,025,
-deraining (40, 20, 16) 3,637,249. Release details kept for strict loading:
-
-- ONE ``nn.PReLU`` is created in ``MPRNet.__init__`` (not registered on the net itself) and shared by every CAB
-  (55 of them): the state_dict has 316 keys for 262 distinct tensors, all ``...body.1.weight`` keys aliasing the
-  one PReLU slope. Sharing the module object reproduces exactly that.
-- Inside each CAB the channel attention ``CA`` is registered before ``body`` (state_dict key order).
-- No biases anywhere (``bias=False``, and the ORB's last conv and resampling convs are bias-free regardless).
-
-Paper text vs release (we follow the release; otherwise its checkpoints would not load):
-
-- Downsampling: the paper (Sec. 4, implementation details) says 2x2 max-pooling; the release uses bilinear x0.5
-  followed by a 1x1 conv that also widens the features by ``scale_unetfeats`` (``DownSample``).
-- Upsampling: "bilinear upsampling followed by a convolution" (Sec. 3.1); the release's conv is 1x1 and narrows
-  the features by ``scale_unetfeats`` (``UpSample``; ``SkipUpSample`` adds the skip feature).
-- The encoder-decoder widths grow by ``scale_unetfeats`` per level and the ORSNet runs at
-  ``n_feat + scale_orsnetfeats`` channels; the paper only gives the base width.
-
-Differences from the release's interface (not its weights): ``forward`` returns ``[stage 1, stage 2, stage 3]``
-(stage order, final image LAST, like every network of this package; the release returns them reversed), and
-any input size works: the input is reflect-padded to a multiple of 8 (two halvings inside a half/quarter) and
-every output cropped back (the release requires H, W divisible by 8; its demo reflect-pads the same way).
-``in_c``/``out_c`` are honoured where the release hard-codes 3 (identical for RGB); the final image is
-``tail(...) + input``, so they must be equal.
-
-Shared blocks: ``CAB``/``CALayer`` (with the shared activation passed in), ``SAM`` (``kernel_size=1,
-bias=False`` here; HINet uses 3x3 with bias) and ``conv`` come from ``blocks``. CSFF stays in ``Encoder``
-(``csff_enc1..3``/``csff_dec1..3``, 1x1) rather than HINet's per-block 3x3 ``csff_enc``/``csff_dec``, because
-the parameter names must be the release's; likewise the bilinear resampling modules are MPRNet's own.
-
-The stages are methods (``stage1_encode``, ``stage1_decode``, ``stage2``, ``stage3``) so that a derived
-network can change one step: FCN adds a stage 0 by overriding ``stage1_encode`` and adding its features to the
-level-1 encoder features, which then also feed stage 2's CSFF.
+Decisions:
+- Constructor keywords and parameter names are the public release's (swz30/MPRNet, one file per task differing only
+  in defaults: the presets of ``describe`` below), so its checkpoints load with ``strict=True``. Where the paper's
+  text differs (resampling, level widths) we follow the release: see ``DownSample``, ``UpSample``, ``Encoder``.
+- CAB, CALayer, SAM (1x1, no bias here) and ``conv`` are the shared ``blocks``; CSFF (1x1, inside ``Encoder``) and
+  the bilinear resampling stay MPRNet's own, because the parameter names must be the release's.
+- The interface, not the weights, differs from the release: outputs in stage order (final LAST), any input size,
+  ``in_c``/``out_c`` honoured (see ``MPRNet``).
+- The stages are methods (``stage1_encode``, ``stage1_decode``, ``stage2``, ``stage3``) so that a derived network
+  changes one step: FCN overrides ``stage1_encode`` to add its stage 0.
 """
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
@@ -68,7 +39,8 @@ class DownSample(nn.Module):
 
 
 class UpSample(nn.Module):
-    """Bilinear x2, then a 1x1 conv from ``in_channels + s_factor`` back to ``in_channels``."""
+    """Bilinear x2, then a 1x1 conv from ``in_channels + s_factor`` back to ``in_channels`` (release; the paper only
+    says "bilinear upsampling followed by a convolution")."""
 
     def __init__(self, in_channels, s_factor):
         super().__init__()
@@ -87,8 +59,9 @@ class SkipUpSample(UpSample):
 
 
 class Encoder(nn.Module):
-    """Three levels of 2 CABs, widths ``n_feat + i * scale_unetfeats``; with ``csff`` the previous stage's encoder
-    and decoder features are added at each level through 1x1 convs (paper Fig. 3c)."""
+    """Three levels of 2 CABs, widths ``n_feat + i * scale_unetfeats`` (release; the paper gives only the base
+    width); with ``csff`` the previous stage's encoder and decoder features are added at each level through 1x1
+    convs (paper Fig. 3c; HINet's CSFF is per block and 3x3)."""
 
     def __init__(self, n_feat, kernel_size, reduction, act, bias, scale_unetfeats, csff):
         super().__init__()
@@ -181,7 +154,15 @@ class ORSNet(nn.Module):
 
 @ARCH_REGISTRY.register()
 class MPRNet(nn.Module):
-    """See the module docstring. ``forward(x) -> [stage-1 image, stage-2 image, final image]``."""
+    """MPRNet; ``forward(x) -> [stage-1 image, stage-2 image, final image]`` (the release returns them reversed).
+
+    Release details kept for strict loading: ONE ``nn.PReLU``, created here but not an attribute, is shared by every
+    CAB, so the state_dict has more keys than tensors (every ``...body.1.weight`` aliases its slope); no biases with
+    the default ``bias=False`` (the ORB's last conv and the resampling convs never have one). Any input size:
+    reflect-padded to a multiple of 8 (two halvings inside a quarter) and cropped back; the release needs H, W
+    divisible by 8. ``in_c``/``out_c`` are honoured where the release hard-codes 3; the output is
+    ``tail(...) + input``, so they must be equal.
+    """
 
     pad_multiple = 8
     grad_checkpoint = False  # train.grad_checkpoint: each stage method below is checkpointed (blocks.checkpoint_call)

@@ -1,31 +1,17 @@
 """NAFNet and its Baseline (Chen, Chu, Zhang, Sun, "Simple Baselines for Image Restoration", ECCV 2022).
 
-A single U-Net of pre-norm blocks: ``intro`` (3x3) -> per level a stack of blocks and a 2x2 stride-2 conv that
-doubles the channels -> ``middle_blks`` -> per level a 1x1 conv to 2x channels + PixelShuffle(2), the encoder
-feature of that level **added**, a stack of blocks -> ``ending`` (3x3) + the input image. One output image.
+One U-Net of pre-norm blocks (``_UNet``): ``NAFBlock`` for NAFNet (activation free: SimpleGate and simplified
+channel attention), ``BaselineBlock`` for the paper's Baseline (GELU and squeeze-excitation). One output image.
 
-- ``NAFBlock`` (the paper's "nonlinear activation free" block): LayerNorm -> 1x1 c->2c -> depthwise 3x3 ->
-  ``SimpleGate`` (split the channels in two halves, multiply them) -> simplified channel attention ``sca``
-  (global average pool, then a 1x1 conv with bias, multiplied in; no MLP, no sigmoid) -> 1x1 -> ``x + out * beta``;
-  then LayerNorm -> 1x1 c->2c -> SimpleGate -> 1x1 -> ``y + out * gamma``.
-- ``BaselineBlock`` (the paper's baseline): the same skeleton with GELU instead of SimpleGate and a squeeze-excitation
-  ``se`` (pool -> 1x1 c->c/2 -> ReLU -> 1x1 -> sigmoid); widths ``dw_expand`` / ``ffn_expand`` (no halving).
-
-Reading chosen: the public release (megvii-research/NAFNet), so its checkpoints (``params`` key; basicsr strips a
-leading ``module.``) load with ``strict=True``: constructor keywords and attribute names as there, and the key
-order of its state_dict (``intro, ending, encoders, decoders, middle_blks, ups, downs``; in a block ``beta,
-gamma`` first). ``beta`` and ``gamma`` (1, c, 1, 1) start at zero, so every block of a fresh network is the
-identity. All convs have a bias except the up-sampling 1x1. The release's dropout (rate 0 in every
-option file) is left out: it has no parameters. LayerNorm2d (over the channels of each pixel, biased variance,
-eps 1e-6) is the shared ``ChannelLayerNorm``, i.e. torch's fused ``layer_norm`` instead of the release's
-hand-written autograd function (same values, no warning on today's torch).
-
-Any input size: as in the release, the input is **zero**-padded bottom/right to a multiple of 2^len(enc_blk_nums)
-and the output cropped back. ``grad_checkpoint`` (set by the model for ``train.grad_checkpoint``): every block runs
-under activation checkpointing (``blocks.checkpoint_call``). The only global operation is the average pool of
-``sca`` / ``se`` (an ``nn.AdaptiveAvgPool2d(1)``), which TLC localises: ``NAFNetLocal`` / ``BaselineLocal`` are
-built by ``hinet_plugins.tlc.local_archs`` (windows = each pool's feature size for a 1.5 x ``train_size`` input, so
-up to that input size, and always in training mode, the local network computes exactly the plain one).
+Decisions:
+- The public release (megvii-research/NAFNet) is followed, so its checkpoints (``params``; basicsr strips a leading
+  ``module.``) load with ``strict=True``: constructor keywords, attribute names and its state_dict's key order.
+- LayerNorm2d is the shared ``blocks.ChannelLayerNorm`` (torch's fused ``layer_norm``) instead of the release's
+  hand-written autograd function: same values, no warning on today's torch. The release's dropout (rate 0 in every
+  option file) is left out: it has no parameters.
+- Padding as in the release: zeros at the bottom/right to a multiple of 2^len(enc_blk_nums), cropped back.
+- The only global operation is the average pool of ``sca`` / ``se`` (an ``nn.AdaptiveAvgPool2d(1)``), which TLC
+  localises (``NAFNetLocal`` / ``BaselineLocal``, built by ``hinet_plugins.tlc.local_archs``).
 """
 import re
 
@@ -47,7 +33,16 @@ class SimpleGate(nn.Module):
 
 
 class _PreNormBlock(nn.Module):
-    """The skeleton NAFBlock and BaselineBlock share: two residual branches, each LayerNorm -> ... -> * scale."""
+    """The skeleton NAFBlock and BaselineBlock share: two residual branches, each LayerNorm -> ... -> * scale.
+
+    ``NAFBlock``: LayerNorm -> 1x1 c->2c -> depthwise 3x3 -> SimpleGate -> ``sca`` (global average pool, 1x1 conv
+    with bias, multiplied in; no MLP, no sigmoid) -> 1x1 -> ``x + out * beta``; then LayerNorm -> 1x1 c->2c ->
+    SimpleGate -> 1x1 -> ``y + out * gamma`` (2 = ``DW_Expand``, ``FFN_Expand``). ``BaselineBlock``: the same with
+    GELU instead of SimpleGate and a squeeze-excitation ``se`` (pool -> 1x1 to half width -> ReLU -> 1x1 ->
+    sigmoid), widths ``DW_Expand`` / ``FFN_Expand`` x c without halving. ``beta`` and ``gamma`` (1, c, 1, 1) start
+    at zero, so every block of a fresh network is the identity; LayerNorm2d is over the channels of each pixel
+    (biased variance, eps 1e-6).
+    """
 
     def __init__(self, c):
         super().__init__()
@@ -111,6 +106,10 @@ class BaselineBlock(_PreNormBlock):
 
 
 class _UNet(nn.Module):
+    """``intro`` (3x3) -> per level blocks and a 2x2 stride-2 conv doubling the channels -> ``middle_blks`` -> per
+    level a 1x1 conv to 2x channels (the only conv without bias) + PixelShuffle(2), the level's encoder feature
+    added, blocks -> ``ending`` (3x3) + the input. Modules are created in the release's key order (``intro, ending,
+    encoders, decoders, middle_blks, ups, downs``)."""
     grad_checkpoint = False  # set by the model for ``train.grad_checkpoint``: every block is checkpointed
 
     def __init__(self, make_block, img_channel, width, middle_blk_num, enc_blk_nums, dec_blk_nums):

@@ -1,33 +1,17 @@
 """Restormer: Efficient Transformer for High-Resolution Image Restoration (Zamir et al., CVPR 2022).
 
-A four-level U-Net of pre-norm transformer blocks, ``x + attn(norm1(x))`` then ``x + ffn(norm2(x))``:
+A four-level U-Net of pre-norm transformer blocks, ``x + attn(norm1(x))`` then ``x + ffn(norm2(x))``, with MDTA
+(``Attention``: transposed attention between channels) and GDFN (``FeedForward``); the wiring is in ``Restormer``.
 
-- MDTA (multi-Dconv head transposed attention, class ``Attention``): 1x1 conv to q, k, v, a depthwise 3x3 conv,
-  then per head a C_h x C_h attention between channels (``blocks.TransposedAttention``: q and k L2-normalised
-  over the H*W positions, softmax of q k^T times a learned ``temperature``), applied to v, then ``project_out``.
-  Its cost is linear in H*W, but the attention sums over the whole map: a global aggregation that TLC makes local
-  (``hinet_plugins.tlc`` converts the ``TransposedAttention`` submodule; this file knows nothing of TLC).
-- GDFN (gated-Dconv feed-forward, ``FeedForward``): 1x1 to 2 x hidden (hidden = int(dim x 2.66), truncated as in
-  the release), depthwise 3x3, GELU(x1) * x2, 1x1 back.
-- LayerNorm over the channels of each pixel (``blocks.ChannelLayerNorm``, eps 1e-5): ``WithBias`` (any
-  ``LayerNorm_type`` but 'BiasFree') or ``BiasFree`` (no mean subtraction, no bias), nested as ``normX.body``.
-- Down: 3x3 conv n -> n/2 + PixelUnshuffle(2); up: 3x3 conv n -> 2n + PixelShuffle(2); neither has a bias, nor has
-  ``patch_embed``, whatever ``bias`` says. Skips are concatenated; levels 3 and 2 reduce with a 1x1 conv, level 1
-  does not: ``decoder_level1`` and ``refinement`` work at 2 x dim with heads[0].
-- Output: ``output(features) + input``; with ``dual_pixel_task`` (6 input channels, two views) a 1x1 ``skip_conv``
-  of the embedded features is added before ``output`` and there is no image residual.
-
-Constructor keywords and parameter names are the release's (swz30/Restormer), so its checkpoints (``params``)
-load with ``strict=True``: 26,126,644 parameters at the official configuration (WithBias), 26,111,668 BiasFree.
-
-Beyond the release:
-- Any input size. The release's class needs H, W divisible by 8; its authors' test scripts reflect-pad, TLC's
-  copy zero-pads. We reflect-pad bottom/right to a multiple of 8 (``pad_mode='reflect'``; 'zeros' is the TLC
-  copy's choice) and crop back: reflection continues the image's content across the border, so the padded strip
-  looks like the image to the convolutions and to the attention's statistics, where zeros add a dark band that the
-  global attention sums over. For inputs already divisible by 8 (GoPro 720x1280) the two agree exactly.
-- ``grad_checkpoint`` (set by the model for ``train.grad_checkpoint``): each encoder/decoder level, the latent and
-  the refinement run under activation checkpointing (``blocks.checkpoint_call``).
+Decisions:
+- Constructor keywords and parameter names are the release's (swz30/Restormer), so its ``params`` checkpoints load
+  with ``strict=True``.
+- MDTA's global part is the shared ``blocks.TransposedAttention`` submodule: TLC converts that module to windowed
+  attention, and this file knows nothing of TLC.
+- Any input size (the release's class needs H, W divisible by 8): reflect-padded bottom/right to a multiple of 8 and
+  cropped back. Reflection continues the image across the border; zeros (``pad_mode='zeros'``, the TLC copy's
+  choice) add a dark band that the global attention sums over. Both agree on sizes divisible by 8 (e.g. GoPro).
+- LayerNorm is torch's fused op (``blocks.ChannelLayerNorm``), nested as ``normX.body`` for the release's keys.
 """
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
@@ -39,7 +23,8 @@ from .spec import Config, count, describe, shape
 
 
 class LayerNorm(nn.Module):
-    """The release's wrapper (keys ``normX.body.weight`` / ``.bias``) around a per-pixel channel LayerNorm."""
+    """The release's wrapper (keys ``normX.body.weight`` / ``.bias``) around a per-pixel channel LayerNorm (eps
+    1e-5): ``WithBias`` (any ``LayerNorm_type`` but 'BiasFree') or ``BiasFree`` (no mean subtraction, no bias)."""
 
     def __init__(self, dim, LayerNorm_type='WithBias'):  # noqa: N803  (the release's keyword)
         super().__init__()
@@ -50,7 +35,10 @@ class LayerNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """MDTA. ``attend`` is the global part (a parameter-free ``TransposedAttention``), swapped by TLC."""
+    """MDTA: 1x1 conv to q, k, v, depthwise 3x3, then per head a C_h x C_h attention between channels (q, k
+    L2-normalised over the H*W positions, softmax of q k^T times ``temperature``) applied to v, then
+    ``project_out``. Linear in H*W, but it sums over the whole map: ``attend`` (a parameter-free
+    ``TransposedAttention``) is that global part, swapped by TLC."""
 
     def __init__(self, dim, num_heads, bias):
         super().__init__()
@@ -68,7 +56,8 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """GDFN."""
+    """GDFN: 1x1 to 2 x hidden (hidden = int(dim x factor), truncated as in the release), depthwise 3x3,
+    GELU(x1) * x2, 1x1 back."""
 
     def __init__(self, dim, ffn_expansion_factor, bias):
         super().__init__()
@@ -127,6 +116,14 @@ PAD_MODES = {'reflect': 'reflect', 'zeros': 'constant'}
 
 @ARCH_REGISTRY.register()
 class Restormer(nn.Module):
+    """Restormer; one output image.
+
+    Down: 3x3 conv n -> n/2 + PixelUnshuffle(2); up: 3x3 conv n -> 2n + PixelShuffle(2); neither has a bias, nor
+    has ``patch_embed``, whatever ``bias`` says (release). Skips are concatenated; levels 3 and 2 reduce with a 1x1
+    conv, level 1 does not: ``decoder_level1`` and ``refinement`` work at 2 x dim with heads[0]. Output:
+    ``output(features) + input``; with ``dual_pixel_task`` (6 input channels, two views) a 1x1 ``skip_conv`` of the
+    embedded features is added before ``output`` and there is no image residual. ``pad_mode``: see the module.
+    """
     grad_checkpoint = False  # set by the model for ``train.grad_checkpoint``: one segment per level
 
     def __init__(self, inp_channels=3, out_channels=3, dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4,
@@ -246,7 +243,7 @@ def _sample(rng):
 _OFFICIAL = {'dim': 48, 'num_blocks': [4, 6, 6, 8], 'num_refinement_blocks': 4, 'heads': [1, 2, 4, 8],
              'ffn_expansion_factor': 2.66, 'bias': False}
 
-# ``macs_g`` is ptflops' count, which leaves out the attention's two matrix products (q k^T and attn v, ~13.6 G at
+# ``macs_g`` is ptflops' count, which leaves out the attention's two matrix products (q k^T and attn v, ~13.9 G at
 # 256x256); mmengine counts them.
 describe(Restormer, purpose='four-level U-Net of channel-attention transformer blocks (deblur, derain, denoise)',
          tiny={'dim': 4, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 1, 1]},

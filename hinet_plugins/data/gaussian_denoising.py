@@ -2,20 +2,14 @@
 
 The Restormer release's Gaussian denoising dataset (its option-file keys; our code). Only ``dataroot_gt`` is read
 (a folder of clean images, an LMDB of them such as the ``gt.lmdb`` of ``prepare_data.py``, or a ``meta_info_file``);
-``dataroot_lq`` is ignored (the release files say ``none``). ``in_ch: 3`` reads colour (RGB tensors), ``in_ch: 1``
-grayscale.
+``dataroot_lq`` is ignored (the release files say ``none``).
 
-- Training: pad to ``gt_size`` by reflection if smaller, one random ``gt_size`` crop, with ``geometric_augs`` one
-  of the 8 flips/rotations, then ``lq = gt + sigma / 255 * N(0, 1)`` with ``sigma`` per sample from ``sigma_type``:
-  ``constant`` (``sigma_range`` is the value), ``random`` (uniform in ``sigma_range: [lo, hi]``) or ``choice``
-  (one entry of the list ``sigma_range``). The noise is new at every read; its draws come from python's ``random``
-  and torch's global generator, which ``resume.PositionSeeded`` seeds from (manual_seed, epoch, position in the
-  epoch) before each sample: a run resumed with ``--auto_resume`` draws exactly the noise of the uninterrupted run.
-  Nothing is clipped, as in the release, unless ``quantize: true`` (our key): then the noisy image is clipped to
-  [0, 1] and rounded to 8-bit levels, as a noisy photo stored in an 8-bit file is (training and validation).
-- Validation / test: ``sigma_test`` noise fixed per image: drawn from a generator of its own seeded from the file
-  name (the release reseeds numpy's global generator with 0 for every image, which also resets the training
-  draws); the same image gets the same noise in every run, whatever the order or number of images.
+Decisions:
+- Training noise is new at every read but reproducible: its draws come from python's ``random`` and torch's global
+  generator, which ``resume.PositionSeeded`` seeds per sample, so ``--auto_resume`` draws the uninterrupted run's noise.
+- Validation noise is fixed per image, seeded from its file name (the release reseeds numpy's global generator with
+  0 for every image, which also resets the training draws): the same image gets the same noise in every run.
+- Nothing is clipped, as in the release, unless ``quantize: true`` (our key).
 """
 import os
 import random
@@ -86,7 +80,14 @@ def validation_noise(path: str, shape: Sequence[int], sigma: float) -> torch.Ten
 
 @DATASET_REGISTRY.register()
 class Dataset_GaussianDenoising(data.Dataset):  # noqa: N801  (the release's option-file name)
-    """See the module docstring."""
+    """Clean image -> {'lq': noisy, 'gt': clean}; ``in_ch: 3`` reads colour (RGB tensors), ``in_ch: 1`` grayscale.
+
+    Training: reflect-pad to ``gt_size`` if smaller, one random ``gt_size`` crop, with ``geometric_augs`` one of the
+    8 flips/rotations, then ``lq = gt + sigma / 255 * N(0, 1)`` with ``sigma`` per sample from ``sigma_type``:
+    ``constant`` (``sigma_range`` is the value), ``random`` (uniform in ``sigma_range: [lo, hi]``) or ``choice`` (one
+    entry of the list). Validation / test: ``sigma_test`` noise (``validation_noise``). ``quantize: true`` clips the
+    noisy image to [0, 1] and rounds it to 8-bit levels, as a noisy photo stored in an 8-bit file (both phases).
+    """
 
     def __init__(self, opt: dict) -> None:
         super().__init__()

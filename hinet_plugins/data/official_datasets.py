@@ -1,32 +1,15 @@
 """The official dataset archives (as their authors ship them, unpacked under ``datasets/``) -> the LMDBs the
-option files read. Each ``prepare_<dataset>`` function builds the dataset's jobs and hands them to
-``prepare.run_jobs`` (check everything, then write all jobs as one unit).
+option files read. Each ``prepare_<dataset>`` function (layouts and outputs in its first comment) builds the
+dataset's jobs and hands them to ``prepare.run_jobs`` (check everything, then write all jobs as one unit).
 
-Layouts (paths relative to the dataset root, default ``datasets/<Name>``) and outputs (the paths the option
-files use):
-
-- SIDD (HINet/NAFNet recipe: 512x512 crops, step 384). Training data: ``train/SIDD_Medium_Srgb/Data`` (also
-  found at ``SIDD_Medium_Srgb/Data`` or ``Data``), one folder per scene holding ``GT_SRGB_0NN.PNG`` /
-  ``NOISY_SRGB_0NN.PNG`` pairs (both captures 010 and 011 are used). Validation: ``ValidationGtBlocksSrgb.mat``
-  and ``ValidationNoisyBlocksSrgb.mat`` (in ``val/`` or the root; 40x32 blocks of 256x256x3 uint8 RGB).
-  -> ``train/{gt_crops,input_crops}.lmdb``, ``val/{gt_crops,input_crops}.lmdb`` (keys ``<scene>_<NNN>_sXXX``,
-  ``<image>_<block>``).
-- GoPro (512x512 crops, step 256, as the HINet release). ``{train,test}/<scene>/{blur,sharp}/*.png`` (GOPRO_Large;
-  ``--blur-folder blur_gamma`` picks the gamma-blurred set) or the flattened MPRNet/HINet layout
-  ``{train,test}/{input,target}``. -> ``train/{sharp_crops,blur_crops}.lmdb``, ``test/{target,input}.lmdb``
-  (full size). Keys ``<scene>_<frame>``. In the GOPRO_Large layout the LMDBs sit next to the scene folders; they
-  are recognised as outputs and never scanned as scenes.
-- REDS (deblurring track with JPEG-compressed blur, as HINet uses it). ``train/train_blur_jpeg/<clip>/<frame>.jpg``
-  + ``train/train_sharp/<clip>/<frame>.png`` and ``val/val_blur_jpeg`` + ``val/val_sharp`` (clip folders, or the
-  folders already flattened to ``<clip>_<frame>.ext`` by the HINet script). -> ``train/{sharp_crops,blur_crops}
-  .lmdb`` and ``val/{sharp_300,blur_300}.lmdb``. Training crops: 512x512, step 512 (6 per 720x1280 frame, rows
-  0/208, columns 0/512/768): the HINet release stored whole frames; crops make each LMDB read ~3.5x cheaper for
-  256 patches, and the larger step than GoPro's keeps the 24,000 frames at ~1.7x their area. Validation: HINet's
-  "REDS-val-300", the frames whose number ends in 9 (10 of the 100 frames of each of the 30 validation clips).
-  Keys ``<clip>_<frame>``.
-- Rain13k (MPRNet's collection, full size, no crops). ``train/{input,target}`` and
-  ``test/<Test100|Rain100H|Rain100L|Test2800|Test1200>/{input,target}`` -> ``train/{input,target}.lmdb`` and
-  ``test/<Set>/{input,target}.lmdb``.
+Decisions:
+- Output paths are the ones the option files under ``options/`` use; each dataset's root defaults to
+  ``datasets/<Name>``.
+- Crops follow the releases' recipes (SIDD 512/384, GoPro 512/256 as HINet), except REDS, which HINet stored as
+  whole frames: we store 512 crops with step 512, which makes each LMDB read cheaper for 256 patches.
+- Several layouts are accepted where the releases' scripts and archives differ (e.g. GOPRO_Large scene folders or
+  the flattened ``input``/``target`` folders of MPRNet/HINet); LMDBs written next to scene folders are recognised
+  as outputs and never scanned as inputs.
 """
 import os
 import re
@@ -122,6 +105,11 @@ def sidd_val_pairs(root: str, problems: Problems) -> Tuple[List[Pair], List[str]
 def prepare_sidd(root: str = 'datasets/SIDD', splits: Sequence[str] = ('train', 'val'), crop_size: int = 512,
                  step: int = 384, force: bool = False, progress: bool = True) -> Dict[str, str]:
     problems, jobs = Problems('SIDD'), []
+    # HINet/NAFNet recipe: 512x512 crops, step 384. Training: ``train/SIDD_Medium_Srgb/Data`` (or the other
+    # ``SIDD_DATA_DIRS``), one folder per scene of ``GT_SRGB_0NN.PNG`` / ``NOISY_SRGB_0NN.PNG`` pairs (captures 010
+    # and 011 both used) -> ``train/{gt_crops,input_crops}.lmdb``, keys ``<scene>_<NNN>_sXXX``. Validation:
+    # ``ValidationGtBlocksSrgb.mat`` / ``ValidationNoisyBlocksSrgb.mat`` (in ``val/`` or the root; 40x32 blocks of
+    # 256x256x3 uint8 RGB) -> ``val/{gt_crops,input_crops}.lmdb``, keys ``<image>_<block>``.
     if 'train' in splits:
         data_dir = _first_dir(root, SIDD_DATA_DIRS, problems, 'SIDD Medium sRGB training data (the Data folder)')
         pairs = sidd_train_pairs(data_dir, problems) if data_dir else []
@@ -159,6 +147,10 @@ def prepare_gopro(root: str = 'datasets/GoPro', splits: Sequence[str] = ('train'
                   step: int = 256, blur_folder: str = 'blur', force: bool = False,
                   progress: bool = True) -> Dict[str, str]:
     problems, jobs = Problems('GoPro'), []
+    # 512x512 crops, step 256, as the HINet release. ``{train,test}/<scene>/{blur,sharp}/*.png`` (GOPRO_Large;
+    # ``blur_folder='blur_gamma'`` picks the gamma-blurred set) or the flattened MPRNet/HINet layout
+    # ``{train,test}/{input,target}`` -> ``train/{sharp_crops,blur_crops}.lmdb`` and ``test/{target,input}.lmdb``
+    # (full size); keys ``<scene>_<frame>``.
     if 'train' in splits:
         jobs.append(Job('GoPro train', f'{root}/train/sharp_crops.lmdb', f'{root}/train/blur_crops.lmdb',
                         gopro_split_pairs(f'{root}/train', blur_folder, problems), crop=(crop_size, step)))
@@ -194,6 +186,12 @@ def reds_pairs(sharp_dir: str, blur_dir: str, problems: Problems, only_val300: b
 def prepare_reds(root: str = 'datasets/REDS', splits: Sequence[str] = ('train', 'val'), crop_size: int = 512,
                  step: int = 512, force: bool = False, progress: bool = True) -> Dict[str, str]:
     problems, jobs = Problems('REDS'), []
+    # Deblurring track with JPEG-compressed blur, as HINet uses it. ``train/train_blur_jpeg/<clip>/<frame>.jpg`` +
+    # ``train/train_sharp/<clip>/<frame>.png``, ``val/val_blur_jpeg`` + ``val/val_sharp`` (clip folders, or flattened
+    # to ``<clip>_<frame>.ext`` by the HINet script) -> ``train/{sharp_crops,blur_crops}.lmdb`` (512 crops, step 512:
+    # 6 per 720x1280 frame, rows 0/208, columns 0/512/768; a larger step than GoPro's, to limit the overlap of
+    # 24,000 frames) and ``val/{sharp_300,blur_300}.lmdb``: HINet's "REDS-val-300", the frames whose number ends
+    # in 9. Keys ``<clip>_<frame>``.
     if 'train' in splits:
         jobs.append(Job('REDS train', f'{root}/train/sharp_crops.lmdb', f'{root}/train/blur_crops.lmdb',
                         reds_pairs(f'{root}/train/train_sharp', f'{root}/train/train_blur_jpeg', problems),
@@ -209,6 +207,8 @@ def prepare_rain13k(root: str = 'datasets/Rain13k', splits: Sequence[str] = ('tr
                     test_sets: Sequence[str] = RAIN13K_TEST_SETS, force: bool = False,
                     progress: bool = True) -> Dict[str, str]:
     problems, jobs = Problems('Rain13k'), []
+    # MPRNet's collection, full size, no crops: ``train/{input,target}`` and ``test/<set>/{input,target}`` (the sets
+    # of ``RAIN13K_TEST_SETS``) -> ``train/{input,target}.lmdb`` and ``test/<set>/{input,target}.lmdb``.
     folders = ([('train', 'Rain13k train', f'{root}/train')] if 'train' in splits else []) + \
         ([(s, f'Rain13k {s}', f'{root}/test/{s}') for s in test_sets] if 'test' in splits else [])
     for _, name, folder in folders:

@@ -2,19 +2,15 @@
 
 Two flat folders, one of ground-truth (clean) images and one of degraded inputs, are paired by file name (the stem:
 ``0001.png`` pairs with ``0001.jpg``); every name must have its partner. The pairs go through the same checks and
-the same all-or-nothing writer as the official datasets (``prepare.run_jobs``): headers, sizes, crop size, full
-decode, outputs already on disk, then one commit. Outputs, under ``<root>/<name>/`` (default root ``datasets``):
+the same all-or-nothing writer as the official datasets (``prepare.run_jobs``).
 
-- ``train/gt.lmdb``, ``train/lq.lmdb``: crops of ``crop`` pixels every ``step`` (the SIDD recipe's 512/384 by
-  default; crops make each read of a 256 training patch cheap), or whole images with ``crop=0``.
-- ``val/gt.lmdb``, ``val/lq.lmdb``: whole images, either the folders given as ``val_gt``/``val_lq`` or ``val_count``
-  pairs held out of the training folders. Held-out pairs are spread evenly over the sorted names (pair
-  ``floor((i + 0.5) * n / k)`` for i < k), so they do not all come from the first scene of a sequence; the default
-  ``k`` is 5 % of the pairs, at least 1 and at most 20. ``val_count=0`` writes no validation LMDBs.
-
+Outputs, under ``<root>/<name>/`` (default root ``datasets``): ``train/{gt,lq}.lmdb``, crops of ``crop_size``
+every ``step`` (the SIDD recipe's 512/384 by default: each read of a 256 training patch stays cheap; 0: whole
+images), and ``val/{gt,lq}.lmdb``, whole images from ``val_gt``/``val_lq`` or ``val_count`` pairs held out of the
+training folders, spread over the sorted names so they do not all come from one scene (``held_out``; default 5 %
+of the pairs, 1 to 20; ``val_count=0``: none). ``options/train/Custom-HINet.yml`` reads those of ``--name Custom``.
 Images are stored as basicsr's LMDB reader decodes them (``cv2.IMREAD_COLOR``): 8-bit, 3 channels (gray
-replicated, alpha dropped, 16-bit reduced to 8). ``options/train/Custom-HINet.yml`` reads ``datasets/Custom/...``,
-the outputs of ``--name Custom``.
+replicated, alpha dropped, 16-bit reduced to 8).
 """
 import os
 import re

@@ -1,31 +1,18 @@
 """The machinery behind ``scripts/prepare_data.py``: image pairs -> BasicSR LMDBs, checked first, written as one unit.
 
 A dataset (``official_datasets.py``: SIDD, GoPro, REDS, Rain13k; ``paired_folders.py``: the user's own folders)
-is a list of :class:`Job` s, each a GT/LQ pair of output LMDBs and the image pairs that go in. ``run_jobs`` runs
-them in three phases:
+is a list of :class:`Job` s, each a GT/LQ pair of output LMDBs and the image pairs that go in; ``run_jobs`` checks,
+writes and commits them (phases in its docstring; writing and committing: ``lmdb_writer``).
 
-1. *Check*, everything before the first byte is written, all problems collected and raised as ONE
-   ``ConfigError``: the layout (missing folders, unpaired names), every image header (PIL, no decoding), sizes
-   within a pair and against the crop, the outputs already on disk (built from other sources or settings, or not
-   by this tool: refused without ``force``), and a full decode of every image file whose header reads, with the
-   decoder the write uses (``cv2.imread``, what basicsr's reader decodes to). The decode pass runs even when
-   other problems were found (it says so first), so that one run names every problem -- a missing file and a
-   file cut short (header intact) alike -- instead of one per run. It is cheap next to the PNG encoding of the
-   write.
-2. *Write*: decode, crop, PNG-encode and store with basicsr's ``LmdbMaker`` (which writes ``meta_info.txt``) into
-   hidden temporary folders ``.partial_<name>.lmdb`` beside each output.
-3. *Commit*: only when every job of the dataset was written, the temporary folders are renamed to their final
-   names (an output being rebuilt is first moved aside, then removed). Any failure before that removes every
-   temporary folder and every folder the run created, so a dataset's jobs succeed or fail together and a failed
-   run leaves the tree as it found it.
-
-Idempotence: each finished LMDB carries ``prepare_info.json`` (job, crop settings, fingerprint of the source file
-names and sizes). A re-run with the same sources and settings skips the job. Outputs are never taken for inputs:
-folders that are outputs (``*.lmdb``, our temporary names, or holding ``data.mdb`` / ``prepare_info.json``) are
-left out wherever a layout is scanned, so e.g. GOPRO_Large's ``train/sharp_crops.lmdb``, written next to the scene
-folders, is not a scene on the next run. LMDB keys are file stems with every character outside ``[A-Za-z0-9_-]``
-replaced by ``_`` (a '.' would break basicsr's ``meta_info.txt`` parsing); crops get ``_s001``, ``_s002``, ... in
-raster order.
+Decisions:
+- Every problem is found before the first byte is written and reported in ONE ``ConfigError`` (a missing file and
+  a file cut short alike), instead of one per run.
+- A dataset's jobs succeed or fail together: outputs are written to temporary folders and renamed at the end; a
+  failed run leaves the tree as it found it.
+- Re-runs are idempotent (``prepare_info.json`` fingerprints, ``job_state``), and outputs are never taken for
+  inputs (``is_output_dir``): e.g. GOPRO_Large's LMDBs beside its scene folders are not scenes on the next run.
+- LMDB keys are file stems restricted to ``[A-Za-z0-9_-]`` (``lmdb_key``: a '.' would break basicsr's
+  ``meta_info.txt`` parsing); crops get ``_s001``, ``_s002``, ... in raster order.
 """
 import hashlib
 import json
@@ -237,7 +224,19 @@ def job_state(job: Job) -> str:
 
 def run_jobs(jobs: Sequence[Job], problems: Problems, force: bool = False, progress: bool = True) -> Dict[str, str]:
     """Check every job, then write the ones that are not up to date as one unit (see the module docstring).
-    Returns {job name: 'written' | 'skipped'}."""
+
+    1. Check, all problems collected and raised as ONE ``ConfigError``: the layout (missing folders, unpaired
+       names), every image header (PIL, no decoding), sizes within a pair and against the crop, the outputs already
+       on disk (built from other sources or settings, or not by this tool: refused without ``force``), and a full
+       decode of every image file whose header reads, with the write's decoder (``cv2.imread``). The decode pass
+       runs even when other problems were found, so one run names them all; it is cheap next to the PNG encoding.
+    2. Write: decode, crop, PNG-encode and store with basicsr's ``LmdbMaker`` (which writes ``meta_info.txt``) into
+       hidden temporary folders ``.partial_<name>.lmdb`` beside each output.
+    3. Commit: only when every job was written, the temporary folders are renamed to their final names (an output
+       being rebuilt is first moved aside, then removed); any failure before that removes every temporary folder
+       and every folder the run created.
+    A job whose outputs carry the same fingerprint (``prepare_info.json``: job, crop settings, source names and
+    sizes) is skipped. Returns {job name: 'written' | 'skipped'}."""
     for job in jobs:
         if not job.pairs and not problems.items:
             problems.add(f'[{job.name}] no image pairs found')

@@ -1,19 +1,16 @@
 """``type: Dataset_PairedImage``: the Restormer release's paired dataset, so its option files run as they are.
 
-Our implementation of the semantics of the release's class (its code is not used):
+Our implementation of the semantics of the release's class (its code is not used). Pairing and storage are
+basicsr's ``PairedImageDataset``'s (LMDB, ``meta_info_file`` or folders paired through ``filename_tmpl``); training
+crops and augments (``crop_and_augment``, shared with the other Restormer datasets); validation / test images are
+whole and unchanged.
 
-- Pairing and storage as basicsr's ``PairedImageDataset`` (LMDB, ``meta_info_file`` or folders paired through
-  ``filename_tmpl``, default ``'{}'``); optional ``mean`` / ``std`` normalisation of both images.
-- Training: a pair smaller than ``gt_size`` is reflect-padded at the bottom/right (OpenCV's ``BORDER_REFLECT``),
-  one random ``gt_size`` crop is taken at the same place in both images, and with ``geometric_augs: true`` one of
-  the 8 flips/rotations is drawn uniformly and applied to both. ``gt_size`` is the largest patch: the model's
-  progressive learning (``gt_sizes`` / ``mini_batch_sizes`` / ``iters``, ``models/batch_augment.py``) crops each
-  stage's patch inside it, as in the release. Length: the number of pairs (``dataset_enlarge_ratio`` applies).
-- Validation / test: whole images, unchanged.
-
-Random draws use python's ``random`` (seeded per sample by ``resume.PositionSeeded``). An image that does not
-decode stops the run with its path. ``check_options`` replaces the generic option check (pairs smaller than
-``gt_size`` are allowed: they are padded).
+Decisions:
+- ``gt_size`` is the largest patch: the model's progressive learning (``gt_sizes`` / ``mini_batch_sizes`` /
+  ``iters``, ``models/batch_augment.py``) crops each stage's patch inside it, as in the release.
+- Random draws use python's ``random`` (seeded per sample by ``resume.PositionSeeded``). An image that does not
+  decode stops the run with its path. ``check_options`` replaces the generic option check (pairs smaller than
+  ``gt_size`` are allowed: they are padded).
 """
 import random
 from typing import List, Tuple
@@ -41,7 +38,8 @@ def file_client(dataset: data.Dataset) -> FileClient:
 def crop_and_augment(dataset: data.Dataset, gts: List[np.ndarray], lqs: List[np.ndarray],
                      gt_path: str) -> Tuple[List[np.ndarray], List[np.ndarray]]:
     """Training transforms shared by Restormer's datasets: pad to ``gt_size``, one random crop at the same place
-    in every image, then (``geometric_augs``) one of the 8 flips/rotations for all. Lists in, lists out."""
+    in every image, then (``geometric_augs``) one of the 8 flips/rotations, drawn uniformly, for all. Padding:
+    reflection at the bottom/right (``sidd_dataset.pad_to``, OpenCV's ``BORDER_REFLECT``). Lists in, lists out."""
     opt = dataset.opt
     gt_size, scale = opt['gt_size'], opt.get('scale', 1)
     gts = [pad_to(img, gt_size) for img in gts]
@@ -56,7 +54,8 @@ def crop_and_augment(dataset: data.Dataset, gts: List[np.ndarray], lqs: List[np.
 
 @DATASET_REGISTRY.register()
 class Dataset_PairedImage(PairedImageDataset):  # noqa: N801  (the release's option-file name)
-    """See the module docstring. Options: basicsr's ``PairedImageDataset`` ones plus ``geometric_augs``."""
+    """Options: basicsr's ``PairedImageDataset`` ones (optional ``mean`` / ``std`` normalisation of both images)
+    plus ``geometric_augs``. Length: the number of pairs (``dataset_enlarge_ratio`` applies)."""
 
     def __getitem__(self, index: int) -> dict:
         file_client(self)

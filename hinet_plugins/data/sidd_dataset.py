@@ -1,19 +1,16 @@
 """``type: PairedImageDataset_SIDD``: the HINet/DRCNet releases' SIDD dataset name, so their option files run.
 
-Our implementation of the semantics the HINet release documents for that class (the class itself is not used):
+Our implementation of the semantics the HINet release documents for that class (the class itself is not used).
+Pairing and storage exactly as basicsr's ``PairedImageDataset`` (LMDB, ``meta_info_file`` or folders with
+``filename_tmpl``); training pads, crops and augments (``PairedImageDataset_SIDD``).
 
-- Pairing and storage exactly as basicsr's ``PairedImageDataset`` (LMDB, ``meta_info_file`` or folders with
-  ``filename_tmpl``); optional ``mean`` / ``std`` normalisation of both images.
-- Training (``phase: train``): a pair smaller than ``gt_size`` is first padded at the bottom/right by reflection
-  (edge pixel repeated, OpenCV's ``BORDER_REFLECT``), then one random ``gt_size`` crop is taken at the same place
-  in both images, then one of the 8 flip/rotation combinations (the dihedral group of the square) is drawn
-  uniformly and applied to both. ``use_flip`` / ``use_hflip`` / ``use_rot`` of the release files are accepted and,
-  as in the release, do not change this: the release's SIDD class always augments with all 8 combinations.
-- Length: training ``320,000`` samples (the release's ``32 * 10000``), whatever the number of files (sample ``i``
-  is file ``i mod n``); validation/test: the number of files.
-
-Random draws use python's ``random`` module, like basicsr's own ``paired_random_crop`` / ``augment``. An image
-that does not decode stops the run with its path (``basicsr_ext.decode_image``).
+Decisions:
+- As in the release, training always augments with all 8 flips/rotations: ``use_flip`` / ``use_hflip`` /
+  ``use_rot`` of the release files are accepted and change nothing.
+- A training epoch is ``320,000`` samples (the release's ``32 * 10000``), whatever the number of files.
+- Random draws use python's ``random`` module, like basicsr's own ``paired_random_crop`` / ``augment``. An image
+  that does not decode stops the run with its path (``basicsr_ext.decode_image``). ``pad_to`` and ``dihedral``
+  are shared with the other datasets.
 """
 import random
 
@@ -48,7 +45,13 @@ def dihedral(img: np.ndarray, mode: int) -> np.ndarray:
 
 @DATASET_REGISTRY.register()
 class PairedImageDataset_SIDD(PairedImageDataset):  # noqa: N801  (the releases' option-file name)
-    """See the module docstring. Options: those of basicsr's ``PairedImageDataset`` (flip/rotation keys ignored)."""
+    """Options: those of basicsr's ``PairedImageDataset`` (flip/rotation keys ignored; optional ``mean`` / ``std``).
+
+    Training (``phase: train``): a pair smaller than ``gt_size`` is reflect-padded at the bottom/right (``pad_to``:
+    edge pixel repeated, OpenCV's ``BORDER_REFLECT``), one random ``gt_size`` crop is taken at the same place in both
+    images, then one of the 8 flip/rotation combinations (``dihedral``) is drawn uniformly and applied to both.
+    Length: ``TRAIN_LENGTH`` in training (sample ``i`` is file ``i mod n``), the number of files otherwise.
+    """
 
     def __len__(self) -> int:
         return TRAIN_LENGTH if self.opt['phase'] == 'train' else len(self.paths)

@@ -1,28 +1,16 @@
 """ONNX export of any registered restoration network, optionally TLC-converted, with dynamic N, H and W.
 
-``export_onnx(net, path)`` traces the network with the TorchScript exporter (``torch.onnx.export(dynamo=False)``,
-opset 17) and marks the batch, height and width of the input and of the output as dynamic. The graph returns the
-last stage's output only (``LastStage``). The padding to the network's multiple (``pad_to_multiple`` in the archs,
-NAFNet's zero padding, ...) and the crop back are part of the traced graph: the tracer records the shape
-arithmetic (``(-h) % multiple``) as graph operations, so the padding follows the input size at run time. For that
-the trace input must need padding: export sizes are odd (a multiple of no power of two), which also makes the
-exporter record the pad instead of skipping it.
+``export_onnx(net, path)`` traces the network with the TorchScript exporter (``torch.onnx.export(dynamo=False)``)
+and marks the input's and output's batch, height and width as dynamic; the graph returns the last stage only.
 
-Checks (the file is written only when they pass; a temporary file is renamed over ``path``): onnxruntime runs the
-file on ``check_sizes`` (two sizes different from the export size by default) and the largest absolute difference
-from the PyTorch forward must be at most ``atol`` (1e-4 in fp32). A module that cannot be exported, or whose graph
-computes something else than PyTorch, is named in the error: the search walks down the module tree, exporting each
-child alone on the inputs it received during a forward, and reports the deepest one that fails, with the reason
-(the exporter's message, or the difference it makes).
-
-TLC (``hinet_plugins.tlc``). The calibrated local layers are exported in their graph forms (``tlc_forms``: the
-same values through fixed-window pooling; the network given is not modified). The local operators branch in Python
-on sizes (a window covering its whole map falls back to the global op); tracing keeps the branch taken at the
-export size, so the export size is chosen above the smallest input whose feature maps are all larger than their
-windows (``tlc_min_size``, about ``base_size``), and the graph is exact for inputs at least that large in both
-dimensions (stored in the file's metadata as ``hinet_plugins.min_input_size``); smaller inputs are not supported.
-The fast mode (``fast_imp``) picks its sampling stride from ``size % r``, which a dynamic graph cannot follow: it is
-refused.
+Decisions:
+- The padding to the network's multiple and the crop back are traced into the graph (the tracer records the shape
+  arithmetic), so they follow the input size at run time; export sizes are odd so that the trace must pad.
+- A file is written only when onnxruntime agrees with PyTorch on two other sizes; a module that cannot be exported,
+  or computes something else, is named in the error (``locate.locate_problem``: the deepest failing child).
+- TLC layers are exported in fixed-window graph forms (``tlc_forms``), exact above a minimum input size
+  (``tlc_min_size``, about ``base_size``; stored as ``hinet_plugins.min_input_size``). The fast mode is refused: its
+  size-dependent sampling stride cannot follow a dynamic graph.
 """
 import os
 import tempfile
@@ -64,6 +52,9 @@ def tlc_layers(net: nn.Module) -> Dict[str, nn.Module]:
 def tlc_min_size(net: nn.Module, channels: int, probe: int = 33) -> int:
     """Smallest odd side above which every TLC window is smaller than its feature map (0 without TLC layers).
 
+    The local operators branch in Python on sizes (a window covering its map falls back to the global op) and the
+    trace keeps the branch taken at the export size, so the graph is exact only for inputs at least this large.
+
     Feature sizes grow linearly with the input: one probe forward gives each local layer's feature/input ratio,
     hence the side its window needs; a second forward at that side confirms it (and is enlarged if not)."""
     layers = [m for m in tlc_layers(net).values() if m.kernel_size is not None]
@@ -100,6 +91,9 @@ def export_onnx(net: nn.Module, path: str, size: Optional[Sequence[int]] = None,
                 check_sizes: Optional[Sequence[Sequence[int]]] = None, opset: int = OPSET, atol: float = ATOL,
                 metadata: Optional[dict] = None) -> dict:
     """Write ``net`` as ONNX with dynamic N, H, W (fp32 on the CPU: ``net`` is moved there and put in eval mode).
+
+    Opset ``OPSET``; the file is written to a temporary name and renamed over ``path`` only when onnxruntime's
+    output on every ``check_sizes`` (default: two sizes other than the export size) is within ``atol`` of PyTorch's.
 
     Returns {'path', 'size', 'diffs': {(h, w): max |ONNX - PyTorch|}}. Raises ConfigError (one line) when the
     network cannot be exported or the exported graph disagrees with PyTorch, naming the module."""

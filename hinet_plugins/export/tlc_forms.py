@@ -1,14 +1,12 @@
 """Graph forms of TLC's local layers for ONNX export: the same values as ``hinet_plugins.tlc.local_ops``, written
 with fixed-kernel pooling instead of prefix sums written into views.
 
-Why a second form. ``local_ops`` computes window sums with prefix sums written in place into strided views
-(``out=`` arguments, ``copy_`` into slices) and a van Herk max with ``out=`` views: the fastest form in PyTorch, but
-the TorchScript ONNX exporter drops an in-place write into a ``narrow`` view (wrong values, no error) and crashes on
-``out=`` views. Here each calibrated layer becomes stride-1 ``avg_pool2d`` / ``max_pool2d`` over its window (ONNX
-AveragePool / MaxPool, any input size) at the valid positions, then the paper's centred replicate padding back
-to full size (``(k - 1) // 2`` before, the rest after, as ``local_ops.expand``); normalisations take their window
-moments from the pooled per-pixel group means of ``x - offset`` and ``(x - offset)^2``, the offset being each
-(sample, group)'s mean over the map (computed in the graph), as ``local_ops`` centres its sums for precision.
+Why a second form: ``local_ops`` writes in place into strided views (``out=`` arguments, ``copy_`` into slices), the
+fastest form in PyTorch, but the TorchScript ONNX exporter drops an in-place write into a ``narrow`` view (wrong
+values, no error) and crashes on ``out=`` views. Here each calibrated layer becomes stride-1 ``avg_pool2d`` /
+``max_pool2d`` over its window (ONNX AveragePool / MaxPool) at the valid positions, then the paper's centred
+replicate padding back to full size (``_pad_back``: ``(k - 1) // 2`` before, the rest after, as
+``local_ops.expand``); normalisations: ``GraphGroupNorm``.
 
 Limits (checked by ``onnx_export``, which compares every export with PyTorch): a window must be smaller than its
 feature map at the export size, and the graph is then valid for inputs at least that large; the fast mode's
@@ -51,7 +49,11 @@ class GraphMaxPool(_GraphLocal):
 
 
 class GraphGroupNorm(_GraphLocal):
-    """Local GroupNorm (``num_groups = C``: InstanceNorm) with the layer's own weight and bias."""
+    """Local GroupNorm (``num_groups = C``: InstanceNorm) with the layer's own weight and bias.
+
+    Window moments come from the pooled per-pixel group means of ``x - offset`` and ``(x - offset)^2``, the offset
+    being each (sample, group)'s mean over the map (computed in the graph), as ``local_ops`` centres its sums.
+    """
 
     def __init__(self, local: StandIn, num_groups: int) -> None:
         super().__init__(local)

@@ -3,17 +3,14 @@
     from hinet_plugins.restore import Restorer
     restorer = Restorer.load(opt='options/test/HINet-SIDD.yml', tile=512, self_ensemble=True, amp='bf16')
     clean = restorer(noisy)            # H x W [x 3|4] uint8 / uint16 / float array, RGB(A) or gray
-
-    restorer = Restorer.load(arch='HINet', arch_opt={'wf': 32}, checkpoint='HINet-SIDD-0.5x.pth',
-                             tlc={'train_size': 256, 'base_size': 384}, device='cuda', amp='fp16')
-
-    restorer = Restorer.load(checkpoint='net_g_latest.pth')   # architecture read from the weights
+    restorer = Restorer.load(checkpoint='net_g_latest.pth', tlc={'train_size': 256})   # arch read from the weights
 
 - ``loading``: option file, arch + options + checkpoint, or a checkpoint alone -> network (release checkpoint
   formats, TLC, spandrel fallback).
 - ``restoring``: image arrays and tensors -> restored ones (tiling, x8 self-ensemble, amp).
 - ``autotile``: ``tile='auto'``, the largest tile that fits a memory budget (or the whole image).
-- ``imagefiles``: image files read/decoded and written/encoded (16-bit, alpha, gray + alpha kept; EXIF orientation applied).
+- ``imagefiles``: image files read/decoded and written/encoded (16-bit, alpha, gray + alpha kept; EXIF orientation
+  applied).
 - ``evaluation``: a folder of restored images scored against its ground truth (``scripts/evaluate.py``).
 """
 from .loading import (build_net, input_channels, load_network, load_weights, network_spec,  # noqa: F401

@@ -1,23 +1,16 @@
 """Build a registered network and load its weights, from an option file or from an arch name + options + checkpoint.
 
-Model sources, in the order they override each other:
+Model sources (``network_spec``), in the order they override each other: an option file (``opt``); ``arch``,
+``arch_opt``, ``checkpoint``, ``param_key``, ``tlc``; or only a ``checkpoint``, whose architecture and shaping
+keywords are read from the state dict (``detect_network``).
 
-1. an option file (``opt``): ``network_g``, ``path.pretrain_network_g``, ``path.param_key_g`` (default 'params'),
-   ``path.strict_load_g`` (default true) and ``val.tlc`` (read as validation reads it);
-2. ``arch`` (a registered name; replaces ``network_g`` unless it names the same type), ``arch_opt`` (keyword
-   arguments added to ``network_g``), ``checkpoint``, ``param_key``, ``tlc`` (a mapping: train_size, base_size,
-   fast_imp);
-3. only a ``checkpoint`` (no option file, no ``arch``): the architecture and every keyword that shapes the weights
-   are read from the state dict (``hinet_plugins.archs.detect``; ``arch_opt`` still applies on top, e.g. DRCNet's
-   ``preset``); what the weights cannot show is a stated default, named in the description. A checkpoint that fits
-   none of our networks goes to spandrel when that optional extra is installed
-   (``hinet_plugins.integrations.spandrel``), else it is a one-line ConfigError naming the closest networks.
-
-Release formats: the state_dict is ``ckpt[param_key]`` or the first of 'params', 'params_ema', 'state_dict',
-'model' that holds one (MPRNet's ``{'epoch', 'state_dict', 'optimizer'}`` files, BasicSR's EMA weights), or the
-file itself when it is a bare state_dict; a leading ``module.`` (DataParallel/DDP) is removed
-(``hinet_plugins.utils.checkpoint.unwrap_state_dict``). Files are read with ``weights_only=True``: a checkpoint
-can never run code. Every mistake is a ``ConfigError`` naming the file or the option.
+Decisions:
+- Every release checkpoint format loads (``params``, ``params_ema``, ``state_dict``, ``model``, bare, a leading
+  ``module.``: ``utils.checkpoint.unwrap_state_dict``), strictly unless the option file says otherwise.
+- Files are read with ``weights_only=True``: a checkpoint can never run code.
+- What the weights cannot show is a stated default, named in the description; a checkpoint that fits none of our
+  networks goes to spandrel when that optional extra is installed, else it is a one-line ConfigError.
+- Every mistake is a ``ConfigError`` naming the file or the option.
 """
 import os
 from typing import Any, Iterable, Mapping, Optional, Tuple, Union
@@ -52,8 +45,12 @@ def network_spec(opt: Optional[Union[str, dict]] = None, arch: Optional[str] = N
                  tlc: Optional[Union[bool, Mapping[str, Any]]] = None) -> dict:
     """What to build and load: {'network_g', 'checkpoint', 'param_key', 'strict', 'tlc'} (see the module doc).
 
-    ``opt`` is an option-file path or an already loaded option dict. ``tlc`` True uses the option file's
-    ``val.tlc`` settings (train_size etc.), a mapping overrides them key by key, False switches TLC off."""
+    The dict also holds ``arch_opt``. ``opt`` is an option-file path or a loaded option dict, read for
+    ``network_g``, ``path.pretrain_network_g``, ``path.param_key_g`` (default 'params'), ``path.strict_load_g``
+    (default true) and ``val.tlc`` (as validation reads it). ``arch`` replaces ``network_g`` unless it names the
+    same type; ``arch_opt`` keywords are added to it. ``tlc`` True uses the option file's ``val.tlc`` settings
+    (train_size etc.), a mapping overrides them key by key, False switches TLC off. With neither ``opt`` nor
+    ``arch``, ``network_g`` is None: the caller detects it from the checkpoint."""
     net_opt, ckpt, key, strict, tlc_opt = None, None, 'params', True, None
     if opt is not None:
         from ..models.restoration_model import MultiStageRestorationModel
@@ -181,8 +178,10 @@ def load_network(opt: Optional[Union[str, dict]] = None, arch: Optional[str] = N
 def detect_network(loaded: Any, path: Optional[str], param_key: str = 'params',
                    given: Iterable[str] = ()) -> Union[dict, Tuple[nn.Module, str]]:
     """``network_g`` of the checkpoint's architecture (with ``'_detected'``: the detection's summary), or, when
-    none of ours fits and spandrel is installed, ``(network, description)`` from spandrel. Keywords in ``given``
-    are not listed as assumed."""
+    none of ours fits and spandrel is installed, ``(network, description)`` from spandrel. The architecture and
+    every keyword that shapes the weights come from the state dict (``hinet_plugins.archs.detect``); keywords in
+    ``given`` (``arch_opt``, applied on top, e.g. DRCNet's ``preset``) are not listed as assumed. Without spandrel,
+    a checkpoint that fits none of ours is a one-line ConfigError naming the closest networks."""
     from ..archs import detection
     from ..integrations import spandrel as spandrel_support
     state = unwrap_state_dict(loaded, param_key)

@@ -1,19 +1,15 @@
 """Restore image arrays and tensors with a loaded network: tiling, x8 self-ensemble, amp.
 
-Images. ``restore_image`` takes an H x W (gray), H x W x 2 (gray + alpha), H x W x 3 (RGB, or BGR with
-``channel_order='bgr'`` as cv2 reads it) or H x W x 4 (the same + alpha) array of uint8, uint16 or float (taken
-as [0, 1]; NaN or infinite values are refused with a ValueError, never restored) and returns the same
-shape and dtype. Gray is restored as replicated RGB by a 3-channel net and returned as the mean of the restored
-channels; a 1-channel net restores gray as it is and colour channel by channel; alpha is passed through untouched.
-Integer outputs are rounded (``round(clamp(y, 0, 1) * max)``: what basicsr's ``tensor2img`` does for uint8).
+``restore_image`` takes and returns gray, gray + alpha, RGB (or BGR) and RGBA arrays of uint8, uint16 or float
+(details: ``Restorer``); ``restore_tensor`` works on N x C x H x W tensors; ``Restorer`` holds a net and settings.
 
-Choices:
-- ``tile``: overlapping ``tile`` x ``tile`` crops merged with linear blending weights in the overlaps
-  (``utils.tiling.tiled_forward``); instance-normalised nets see per-tile statistics, so tiles are close to, not
-  equal to, the whole-image result. ``Restorer(tile='auto')`` picks, per image, the whole image or the largest
-  tile that fits ``memory_budget`` (``autotile``), and on a CUDA out-of-memory error retries with half the tile.
-- ``self_ensemble``: the x8 geometric ensemble (4 rotations x horizontal flip); each prediction is mapped back
-  and the eight are averaged (arithmetic mean, as in the HINet/MPRNet-era test scripts).
+Decisions:
+- ``tile``: overlapping crops merged with linear blending weights (``utils.tiling.tiled_forward``); instance-
+  normalised nets see per-tile statistics, so tiles are close to, not equal to, the whole-image result.
+  ``Restorer(tile='auto')`` picks per image the whole image or the largest tile that fits ``memory_budget``
+  (``autotile``), and on an out-of-memory error retries with half the tile.
+- ``self_ensemble``: the x8 geometric ensemble (4 rotations x horizontal flip), mapped back and averaged
+  (arithmetic mean, as in the HINet/MPRNet-era test scripts).
 - ``amp``: 'bf16' (CPU or GPU) or 'fp16' (GPU only) autocast of the forward; outputs are cast back to float32
   before the ensemble average and the clamp. Anything else (or fp16 without a GPU) is a ConfigError.
 """
@@ -153,6 +149,13 @@ def restore_image(net: nn.Module, img: np.ndarray, device: Union[str, torch.devi
 
 class Restorer:
     """A loaded network with its restoring settings; ``restorer(image)`` restores an array (``restore_image``).
+
+    Images: H x W (gray), H x W x 2 (gray + alpha), H x W x 3 (RGB, or BGR with ``channel_order='bgr'`` as cv2 reads
+    it) or H x W x 4 (the same + alpha), uint8, uint16 or float (taken as [0, 1]; NaN or infinite values are refused
+    with a ValueError); the result has the same shape and dtype. Gray is restored as replicated RGB by a 3-channel
+    net and returned as the mean of the restored channels; a 1-channel net restores gray as it is and colour
+    channel by channel; alpha is passed through untouched. Integer outputs are ``round(clamp(y, 0, 1) * max)``
+    (basicsr's ``tensor2img`` for uint8).
 
     ``tile='auto'``: see ``autotile`` (``memory_budget``, bytes once parsed and free to change between images,
     overrides the free memory); ``last_plan`` then holds the last image's {'tile', 'budget', 'estimate',

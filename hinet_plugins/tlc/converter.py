@@ -1,8 +1,11 @@
 """TLC converter: make a model's global aggregations local at test time (Chu et al., ECCV 2022, Secs. 3.2-4.2).
 
-``convert(model, train_size, base_size=None, fast_imp=False)`` works on any ``nn.Module`` tree, not on a given
-architecture: it walks ``named_modules`` and swaps, in place,
+``convert(model, train_size, base_size=None, fast_imp=False)`` walks any ``nn.Module`` tree (it knows no
+architecture) and swaps, in place, ``AdaptiveAvgPool2d(1)``, ``AdaptiveMaxPool2d(1)``, ``InstanceNorm2d``,
+``GroupNorm`` and ``archs.blocks.TransposedAttention`` for local forms (``_local_class``); one forward of a
+``train_size`` input then gives each layer the window of its feature size for a ``base_size`` input.
 
+<<<<<<< HEAD
     nn.AdaptiveAvgPool2d(1)   -> LocalAvgPool2d      (squeeze of SE / channel attention, GE-theta-)
     nn.AdaptiveMaxPool2d(1)   -> LocalMaxPool2d      (CBAM's max branch)
     nn.InstanceNorm2d         -> LocalInstanceNorm2d (HIN; affine or not)
@@ -39,6 +42,16 @@ Decisions (documented here because the paper does not settle them):
   ``notes``).
 - Window maxima are exact even in fast mode; pooled maps are full size (N, C, H, W), so SE-like blocks must
   broadcast the pooled tensor (1x1-conv MLP), not ``view`` it to (N, C).
+=======
+Decisions (the paper does not settle them):
+- ``train_size`` is honoured for every layer (the authors' release calibrates for 256 whatever it is given).
+- Replacements reuse the replaced modules' Parameter objects (same names), so state_dict and optimizer are
+  untouched; the originals stay outside the tree and are put back by ``restore()`` / on leaving the ``with`` block.
+- Test time only: a local module in training mode (or not calibrated) computes the original global op.
+- Global aggregations without a local form are reported (``TLCConversion.unsupported``, a warning), not converted.
+- Attention is localisable when it computes q, k, v on the full map and calls a ``TransposedAttention`` submodule:
+  the converter's whole protocol for a new attention block.
+>>>>>>> docstrings
 """
 import warnings
 from typing import Optional, Sequence, Tuple, Union
@@ -73,7 +86,14 @@ class StandIn(nn.Module):
 
 
 class LocalOp(StandIn):
-    """Base of the local replacements: window calibration, fast-mode stride, global fallback."""
+    """Base of the local replacements: window calibration, fast-mode stride, global fallback.
+
+    ``calibrate``: a layer whose map is ``h x w`` in the calibration pass gets the window ``(h * base_h // train_h,
+    w * base_w // train_w)``, its feature size for a ``base_size`` input (paper Sec. 4.2); a module called at several
+    feature sizes keeps the first's window (a note says so). Pooled outputs are full-size (N, C, H, W) maps, so
+    SE-like blocks must broadcast them (1x1-conv MLP), not ``view`` them to (N, C). Window maxima (``LocalMaxPool2d``,
+    CBAM's max branch) are exact, also in fast mode.
+    """
 
     def __init__(self, original: nn.Module, fast_imp: bool = False) -> None:
         super().__init__(original)
@@ -139,10 +159,12 @@ class LocalGroupNorm(_LocalNorm):
 
 
 class LocalTransposedAttention(LocalOp):
-    """Replaces ``archs.blocks.TransposedAttention`` (Restormer's MDTA core): windowed attention, see
-    ``local_ops.local_transposed_attention``. The window is calibrated on the size of q (the attention block's
-    input size: the 1x1 and depthwise convs that make q, k, v keep it and run on the full map, as in the
-    release). Fast mode samples each window's correlations on a strided grid."""
+    """Replaces ``archs.blocks.TransposedAttention`` (Restormer's MDTA core, a parameter-free module taking q, k, v
+    of shape (N, heads, C_h, H, W) and the temperature): windowed attention, see
+    ``local_attention.local_transposed_attention``. Only this module is swapped, so the block's convolutions, its
+    ``temperature`` and every state_dict key stay where they are. The window is calibrated on the size of q (the
+    attention block's input size: the 1x1 and depthwise convs that make q, k, v keep it and run on the full map, as
+    in the release). Fast mode samples each window's correlations on a strided grid."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
         if self._seen is not None:
@@ -173,7 +195,8 @@ def _local_class(module):
 # ---------------------------------------------------------------- conversion
 class TLCConversion:
     """Result of ``convert``: what was swapped, the windows, what could not be converted. A context manager:
-    leaving the ``with`` block (or calling ``restore()``) puts the original modules back."""
+    leaving the ``with`` block (or calling ``restore()``) puts the original modules back. ``unsupported``: the
+    global aggregations ``global_ops.GlobalOpWatcher`` saw during the calibration pass (also warned about)."""
 
     def __init__(self, model: nn.Module, train_size: Tuple[int, int], base_size: Tuple[int, int],
                  fast_imp: bool) -> None:
@@ -247,6 +270,12 @@ def convert(model: nn.Module, train_size: Union[int, Sequence[int]],
         calib_input: calibration tensor; default a (1, C, *train_size) uniform tensor, C = first conv's inputs.
         warn: emit a warning listing unsupported global ops.
     Returns a ``TLCConversion`` (a context manager restoring the original modules on exit).
+
+    Swapped (``_local_class``): ``AdaptiveAvgPool2d(1)``, ``AdaptiveMaxPool2d(1)`` (without indices),
+    ``InstanceNorm2d`` (affine or not; HIN), ``GroupNorm`` (GroupNorm(1, C) = LayerNorm over C, H, W),
+    ``TransposedAttention``. Not global at test time, so left alone: BatchNorm and InstanceNorm with
+    ``track_running_stats=True`` (running statistics in eval), ``nn.LayerNorm`` over channels (per pixel). A
+    LayerNorm over trailing (C, H, W) is tied to one input size and cannot be localised: it is reported.
     """
     train_size = _size(train_size, 'train_size')
     base_size = (int(train_size[0] * 1.5), int(train_size[1] * 1.5)) if base_size is None else _size(

@@ -1,38 +1,25 @@
 """Local (sliding-window) forms of global statistics, in O(H*W) for any window (TLC, Chu et al. 2022, Sec. 3.2).
 
-Every operator returns, for each pixel, the statistic of the ``kh x kw`` window around it. As in the paper, the
-statistic is computed for the valid window positions only (output ``(H-kh+1) x (W-kw+1)``) and then padded back to
-``H x W`` by replicating its border, centred: ``(W - w') // 2`` columns on the left, the rest on the right (same
-vertically). A window larger than the map is clamped to the map; when it covers the whole map the exact global
-operator is returned, so a local op never differs from the op it replaces on training-size inputs.
+Every operator returns, for each pixel, the statistic of the ``kh x kw`` window around it: computed at the valid
+window positions, then padded back to ``H x W`` by replicating its border, centred (``expand_borders``), as in the
+paper. A window larger than the map is clamped to it; one covering the whole map gives the exact global operator,
+so a local op never differs from the op it replaces on training-size inputs.
 
-Cost. Window sums use prefix sums (integral images), done separably: a cumulative sum along W, differences ``k``
-apart, then the same along H. Two cumulative sums per map, whatever the window. Window maxima use the van Herk /
-Gil-Werman algorithm (running maxima both ways inside blocks of ``k``), also O(H*W). The benchmark
-``benchmarks/tlc_overhead.py`` prints each op's time at windows 64..512.
-
-Precision (our choice; the release computes Var = E[x^2] - E[x]^2 on raw float32 features). We subtract a
-per-(sample, group) offset (the mean of a coarse grid of the map) before forming x and x^2, and take prefix sums
-along one axis at a time, so a prefix sum never spans more than one row or column of window sums. Statistics
-are computed in float32 at least (half/bfloat16 inputs are upcast). With mean 1e3 and std 1 (16x16 windows) the
-local variance matches a float64 brute force to 2e-7 relative; the release's formula is off by 50% there
-(tests/tlc/test_tlc.py). What remains is the float32 cancellation when a window's variance is tiny next to its squared
-distance from the offset (e.g. 3-pixel windows of noise: ~1e-3 relative).
-
-Fast mode (paper Appendix A, "optimised implementation"). Statistics are taken on the grid ``x[..., ::r, ::r]``
-with window ``k // r``, then expanded back with nearest-neighbour upsampling and the same centred replicate padding.
-``r`` (per axis) is the first of 5, 4, 3, 2, 1 that divides the feature size and does not exceed the layer's cap
-(``max_stride``: 5 x feature size / training size, computed at calibration, as in the release); we also keep at
-least ``MIN_FAST_SAMPLES`` samples per window side, so the sampled variance cannot collapse to 0 (the release can
-divide by sqrt(eps) there). Window maxima are always exact (they are O(H*W) already).
-Error of the fast mode vs the exact one (``benchmarks/tlc_overhead.py``, natural-image features: three skimage
-photos at 720x1280 and their horizontal gradients, r = 5): local mean off by 0.5-0.7% of the feature's std at
-window 384 and 1.0-1.1% at window 192; local InstanceNorm output off by 0.009-0.014 (mean absolute, in units of
-the normalised feature) at window 384 and 0.015-0.025 at 192.
+Decisions:
+- Window sums are separable prefix sums (``box_sum``), window maxima van Herk / Gil-Werman (``_sliding_max_rows``):
+  O(H*W) whatever the window. ``benchmarks/tlc_overhead.py`` measures each op's time.
+- Variances stay accurate where the release's float32 E[x^2] - E[x]^2 cancels: moments are taken relative to an
+  offset, in float32 at least (``local_moments``).
+- Fast mode (paper Appendix A) takes the statistics on a strided grid (``fast_stride``), expanded back by nearest
+  neighbour; window maxima stay exact. ``benchmarks/tlc_overhead.py`` measures its error against the exact mode.
 """
 import torch
 from torch.nn import functional as F
 
+# Fast mode: per axis, the first stride of FAST_STRIDES that divides the feature size and does not exceed the layer's
+# cap (``max_stride``: 5 x feature size / training size, set at calibration, as in the release), keeping at least
+# MIN_FAST_SAMPLES samples per window side, so the sampled variance cannot collapse to 0 (the release can divide by
+# sqrt(eps) there).
 FAST_STRIDES = (5, 4, 3, 2, 1)
 MIN_FAST_SAMPLES = 8
 
@@ -228,7 +215,10 @@ def local_max_pool(x, kernel):
 def local_moments(x, num_groups, kernel, stride=(1, 1)):
     """Window mean and (biased) variance per group of channels, at the valid positions of the sampled grid.
 
-    Returns ``mean, var`` of shape (N, G, h', w') in float32 (or the input's dtype if wider).
+    Returns ``mean, var`` of shape (N, G, h', w') in float32 (or the input's dtype if wider). Precision (our choice;
+    the release forms E[x^2] - E[x]^2 on raw float32 features): a per-(sample, group) offset, the mean of a coarse
+    grid of the map, is subtracted before forming x and x^2, and prefix sums run along one axis at a time. What
+    remains is float32 cancellation when a window's variance is tiny next to its squared distance from the offset.
     """
     n, c = x.shape[:2]
     xs, k = _sample(x, kernel, stride)
