@@ -17,11 +17,6 @@ import sys
 import pytest
 import yaml
 
-if os.environ.get('PYTEST_XDIST_WORKER'):
-    # one of several pytest workers (scripts/run_tests.sh runs two on a 2-core machine): one thread each, for this
-    # process and the launchers it starts, so that two workers do not fight over the cores
-    os.environ['OMP_NUM_THREADS'] = '1'
-
 import hinet_plugins  # noqa: F401  (compat + registration before anything of basicsr)
 from hinet_plugins.basicsr_ext import launch
 
@@ -86,6 +81,63 @@ def run_cli(args, cwd, env_extra=None, timeout=600, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f'command failed ({proc.returncode}): {" ".join(map(str, args))}\n{proc.stdout[-6000:]}')
     return proc
+
+
+# One interpreter for several launches: each run executes the literal launcher file (``runpy.run_path``) or module
+# with its own sys.argv, working folder and output file, and a fresh basicsr logger; a crash is that run's exit 1.
+LAUNCH_BATCH_DRIVER = r"""
+import contextlib, json, logging, os, runpy, sys, traceback
+import hinet_plugins  # what the launchers import first (today's-stack patches before basicsr)
+from basicsr.utils import logger as basicsr_logger
+for run in json.load(open(sys.argv[1])):
+    os.chdir(run['cwd'])
+    for name in ('basicsr', 'basicsr.metrics'):
+        log = logging.getLogger(name)
+        for handler in list(log.handlers):
+            log.removeHandler(handler)
+            handler.close()
+    basicsr_logger.initialized_logger.clear()
+    code = 0
+    with open(run['out'], 'w') as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        sys.argv = list(run['argv'])
+        try:
+            if run['module']:
+                runpy.run_module(run['module'], run_name='__main__', alter_sys=True)
+            else:
+                runpy.run_path(run['argv'][0], run_name='__main__')
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    with open(run['out'] + '.code', 'w') as f:
+        f.write(str(code))
+"""
+
+
+def launch_batch(runs, folder, timeout=900):
+    """Several launches in one subprocess (one interpreter start instead of one per run): ``runs`` is a list of
+    ``(argv, cwd)`` where ``argv[0]`` is a launcher file (``basicsr/train.py``, relative to ``cwd``) or
+    ``-m <module>``; returns one ``subprocess.CompletedProcess`` (returncode, merged output) per run."""
+    import json
+    plan = []
+    for i, (argv, cwd) in enumerate(runs):
+        argv = [str(a) for a in argv]
+        module = argv[1] if argv[0] == '-m' else None
+        plan.append({'argv': [module] + argv[2:] if module else argv, 'module': module, 'cwd': str(cwd),
+                     'out': os.path.join(str(folder), f'launch_{i}.txt')})
+    plan_path = os.path.join(str(folder), 'launch_plan.json')
+    with open(plan_path, 'w') as f:
+        json.dump(plan, f)
+    driver = run_cli([PY, '-c', LAUNCH_BATCH_DRIVER, plan_path], folder, env_extra={'PYTHONPATH': REPO},
+                     timeout=timeout, check=False)
+    results = []
+    for run in plan:
+        if not os.path.exists(run['out'] + '.code'):
+            raise AssertionError(f'the launch batch stopped before {run["argv"]}:\n{driver.stdout[-6000:]}')
+        with open(run['out']) as f, open(run['out'] + '.code') as c:
+            results.append(subprocess.CompletedProcess(run['argv'], int(c.read()), f.read()))
+    return results
 
 
 def run_launcher(root, opt_path, *flags, mode='train', monkeypatch):
@@ -199,7 +251,7 @@ def remove_repo_runs(name, created=()):
             shutil.rmtree(path, ignore_errors=True)
         top = os.path.join(REPO, folder)
         if folder in created and os.path.isdir(top) and not os.listdir(top):
-            with contextlib.suppress(OSError):  # another worker's launcher may have just written there
+            with contextlib.suppress(OSError):  # a launcher still running may have just written there
                 os.rmdir(top)
 
 

@@ -1,6 +1,6 @@
 """Restormer's 13 training option files, copied verbatim from the release (``tests/release_options/restormer/``),
-run through the literal ``basicsr/train.py``; only paths, sizes and counts change, all of them with ``--force_yml``
-(the file itself is passed as it is). Plus the dataset types they name, through the registry."""
+run through the literal ``basicsr/train.py`` (all in one interpreter: ``conftest.launch_batch``); only paths, sizes
+and counts change, all of them with ``--force_yml`` (the file itself is passed as it is). Plus the dataset types they name, through the registry."""
 import glob
 import os
 import re
@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from basicsr.archs import build_network
-from conftest import PY, REPO, missing_run_folders, remove_repo_runs, run_cli
+from conftest import REPO, launch_batch, missing_run_folders, remove_repo_runs
 
 RELEASE = os.path.join(REPO, 'tests', 'release_options', 'restormer')
 FILES = sorted(os.path.relpath(p, RELEASE) for p in glob.glob(os.path.join(RELEASE, '*', 'Options', '*.yml')))
@@ -72,29 +72,47 @@ def test_the_fixtures_are_the_releases_13_training_files():
         assert opt['train']['total_iter'] == 300000 and opt['datasets']['train']['gt_sizes'][-1] == 384
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('rel', FILES, ids=[os.path.splitext(os.path.basename(f))[0] for f in FILES])
-def test_release_training_file_runs_through_the_literal_launcher(rel, tiny_data, dual_pixel_data):
-    path = os.path.join(RELEASE, rel)
-    with open(path) as f:
-        opt = yaml.safe_load(f)
-    name = f'pytest_restormer_{uuid.uuid4().hex[:8]}'
+TEST_NAME = 'test_release_training_file_runs_through_the_literal_launcher'
+
+
+@pytest.fixture(scope='module')
+def release_runs(request, tiny_data, dual_pixel_data, tmp_path_factory):
+    """The selected release files, each run by ``python basicsr/train.py -opt FILE --force_yml ...``, all in one
+    interpreter (``launch_batch``: the literal launcher file per run; one start-up instead of 13):
+    {rel: (opt, run name, completed run)}; the runs' folders are removed afterwards."""
+    selected = [item.callspec.params['rel'] for item in request.session.items
+                if getattr(item, 'originalname', None) == TEST_NAME]
+    runs, plans = {}, []
+    for rel in selected:
+        path = os.path.join(RELEASE, rel)
+        with open(path) as f:
+            opt = yaml.safe_load(f)
+        name = f'pytest_restormer_{uuid.uuid4().hex[:8]}'
+        runs[rel] = (opt, name)
+        plans.append((['basicsr/train.py', '-opt', path, '--force_yml', f'name={name}',
+                       *data_paths(opt, tiny_data, dual_pixel_data), *SIZES_AND_COUNTS], REPO))
     created = missing_run_folders()
     try:
-        proc = run_cli([PY, 'basicsr/train.py', '-opt', path, '--force_yml', f'name={name}',
-                        *data_paths(opt, tiny_data, dual_pixel_data), *SIZES_AND_COUNTS], REPO, check=False,
-                       timeout=300)
-        out = proc.stdout
-        assert proc.returncode == 0 and 'Traceback' not in out, out[-5000:]
-        train_type = opt['datasets']['train']['type']
-        assert f"Dataset [{train_type}] - TrainSet is built." in out
-        assert 'Model [ImageCleanModel] is created' in out
-        assert len(re.findall(r'l_l1: (\S+)', out)) == 2
-        assert 'Progressive patches: stage 2/6 from iteration 2: patch 16, batch 2 per GPU' in out
-        psnr = float(re.search(r'ValSet\s+# psnr: ([\d.]+)', out).group(1))
-        assert 5 < psnr < 60
-        state = torch.load(os.path.join(REPO, 'experiments', name, 'models', 'net_g_2.pth'), weights_only=True)
-        net = build_network(dict(opt['network_g'], **TINY_NET))  # the file's network_g, only its sizes changed
-        net.load_state_dict(state['params'], strict=True)
+        done = launch_batch(plans, tmp_path_factory.mktemp('restormer_runs'), timeout=300 + 60 * len(plans))
+        yield {rel: (*runs[rel], proc) for rel, proc in zip(runs, done)}
     finally:
-        remove_repo_runs(name, created)
+        for _, name in runs.values():
+            remove_repo_runs(name, created)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('rel', FILES, ids=[os.path.splitext(os.path.basename(f))[0] for f in FILES])
+def test_release_training_file_runs_through_the_literal_launcher(rel, release_runs):
+    opt, name, proc = release_runs[rel]
+    out = proc.stdout
+    assert proc.returncode == 0 and 'Traceback' not in out, out[-5000:]
+    train_type = opt['datasets']['train']['type']
+    assert f"Dataset [{train_type}] - TrainSet is built." in out
+    assert 'Model [ImageCleanModel] is created' in out
+    assert len(re.findall(r'l_l1: (\S+)', out)) == 2
+    assert 'Progressive patches: stage 2/6 from iteration 2: patch 16, batch 2 per GPU' in out
+    psnr = float(re.search(r'ValSet\s+# psnr: ([\d.]+)', out).group(1))
+    assert 5 < psnr < 60
+    state = torch.load(os.path.join(REPO, 'experiments', name, 'models', 'net_g_2.pth'), weights_only=True)
+    net = build_network(dict(opt['network_g'], **TINY_NET))  # the file's network_g, only its sizes changed
+    net.load_state_dict(state['params'], strict=True)
