@@ -115,7 +115,7 @@ for run in json.load(open(sys.argv[1])):
 """
 
 
-def launch_batch(runs, folder, timeout=900):
+def launch_batch(runs, folder, timeout=900, env_extra=None):
     """Several launches in one subprocess (one interpreter start instead of one per run): ``runs`` is a list of
     ``(argv, cwd)`` where ``argv[0]`` is a launcher file (``basicsr/train.py``, relative to ``cwd``) or
     ``-m <module>``; returns one ``subprocess.CompletedProcess`` (returncode, merged output) per run."""
@@ -129,8 +129,8 @@ def launch_batch(runs, folder, timeout=900):
     plan_path = os.path.join(str(folder), 'launch_plan.json')
     with open(plan_path, 'w') as f:
         json.dump(plan, f)
-    driver = run_cli([PY, '-c', LAUNCH_BATCH_DRIVER, plan_path], folder, env_extra={'PYTHONPATH': REPO},
-                     timeout=timeout, check=False)
+    driver = run_cli([PY, '-c', LAUNCH_BATCH_DRIVER, plan_path], folder,
+                     env_extra=dict(env_extra or {}, PYTHONPATH=REPO), timeout=timeout, check=False)
     results = []
     for run in plan:
         if not os.path.exists(run['out'] + '.code'):
@@ -138,6 +138,26 @@ def launch_batch(runs, folder, timeout=900):
         with open(run['out']) as f, open(run['out'] + '.code') as c:
             results.append(subprocess.CompletedProcess(run['argv'], int(c.read()), f.read()))
     return results
+
+
+def batch_selected(request, test_name, param, prepare, tmp_path_factory, env_extra=None):
+    """For a module-scoped fixture: every selected case of ``test_name`` (its parameter ``param``) gets a folder and
+    ``prepare(value, folder) -> argv`` (e.g. ``['-m', 'hinet_plugins.train', '-opt', ...]``); all the launches run in
+    one interpreter (``launch_batch``), each from its folder. Returns {value: (folder, completed run)}."""
+    selected = [item.callspec.params[param] for item in request.session.items
+                if getattr(item, 'originalname', None) == test_name and item.module is request.module]
+    runs = {}
+    for value in selected:
+        folder = tmp_path_factory.mktemp('run')
+        runs[value] = (folder, prepare(value, folder))
+    done = launch_batch([(argv, folder) for folder, argv in runs.values()], tmp_path_factory.mktemp('batch'),
+                        timeout=300 + 120 * len(runs), env_extra=env_extra)
+    return {value: (runs[value][0], proc) for value, proc in zip(runs, done)}
+
+
+def module_train(opt_path):
+    """``python -m hinet_plugins.train -opt OPT`` as ``launch_batch`` argv."""
+    return ['-m', 'hinet_plugins.train', '-opt', str(opt_path)]
 
 
 def run_launcher(root, opt_path, *flags, mode='train', monkeypatch):

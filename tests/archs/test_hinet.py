@@ -14,7 +14,8 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
-from conftest import PY, REPO, base_options, load_option_file, on_tiny_data, train_module, write_options
+from conftest import (PY, REPO, base_options, batch_selected, load_option_file, module_train, on_tiny_data,
+                      train_module, write_options)
 
 
 def nparams(net):
@@ -304,17 +305,31 @@ dist_params: {{backend: nccl, port: 29500}}
     assert '# psnr' in proc.stdout  # the final validation ran through the grids path
 
 
+def _shipped_run(name, folder, tiny_data):
+    with open(os.path.join(REPO, 'options', 'train', f'HINet-{name}.yml')) as f:
+        opt = yaml.safe_load(f)
+    opt = on_tiny_data(opt, tiny_data, 2, gt_size=48, network={'wf': 8})
+    opt['val']['crop_size'] = 64
+    return module_train(write_options(opt, folder / 'o.yml'))
+
+
+@pytest.fixture(scope='module')
+def shipped_runs(request, tiny_data, tmp_path_factory):
+    """The selected shipped HINet files on the tiny data, all trained in one interpreter."""
+    return batch_selected(request, 'test_shipped_hinet_option_files_train', 'name',
+                          lambda name, folder: _shipped_run(name, folder, tiny_data), tmp_path_factory)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['SIDD', 'GoPro', 'REDS', 'Rain13k'])
-def test_shipped_hinet_option_files_train(tiny_data, tmp_path, name):
+def test_shipped_hinet_option_files_train(shipped_runs, name):
     with open(os.path.join(REPO, 'options', 'train', f'HINet-{name}.yml')) as f:
         opt = yaml.safe_load(f)
     assert opt['network_g']['wf'] == 64  # the recipe itself (the release's) is checked in test_recipes.py
     assert opt['datasets']['train']['batch_size_per_gpu'] * 8 == 64
-    opt = on_tiny_data(opt, tiny_data, 2, gt_size=48, network={'wf': 8})
-    opt['val']['crop_size'] = 64
-    train_module(write_options(opt, tmp_path / 'o.yml'), tmp_path)
-    assert (tmp_path / 'experiments' / f'HINet-{name}' / 'models' / 'net_g_latest.pth').is_file()
+    folder, proc = shipped_runs[name]
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert (folder / 'experiments' / f'HINet-{name}' / 'models' / 'net_g_latest.pth').is_file()
     with open(os.path.join(REPO, 'options', 'test', f'HINet-{name}.yml')) as f:
         test_opt = yaml.safe_load(f)
     assert test_opt['network_g']['hin_position_left'] == opt['network_g']['hin_position_left']

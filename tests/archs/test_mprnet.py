@@ -11,7 +11,8 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from scipy.ndimage import correlate
 
-from conftest import PY, REPO, assert_stage_order, base_options, on_tiny_data, run_cli, write_options
+from conftest import (PY, REPO, assert_stage_order, base_options, batch_selected, module_train, on_tiny_data, run_cli,
+                      write_options)
 from hinet_plugins.errors import ConfigError
 
 PRESETS = {'GoPro': (96, 48, 32, 20_127_073), 'SIDD': (80, 48, 32, 15_741_025), 'Rain13k': (40, 20, 16, 3_637_249)}
@@ -194,17 +195,28 @@ def tiny_options(opt, data, total_iter=2):
     return on_tiny_data(opt, data, total_iter, gt_size=48, network=TINY)
 
 
+@pytest.fixture(scope='module')
+def shipped_runs(request, tiny_data, tmp_path_factory):
+    """The selected shipped MPRNet files on the tiny data, all trained in one interpreter (one intra-op thread, as
+    ``launch``)."""
+    def prepare(task, folder):
+        return module_train(write_options(tiny_options(shipped('train', task), tiny_data), folder / 'o.yml'))
+    return batch_selected(request, 'test_shipped_option_files_train', 'task', prepare, tmp_path_factory,
+                          env_extra={'OMP_NUM_THREADS': '1'})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('task', PRESETS)
-def test_shipped_option_files_train(tiny_data, tmp_path, task):
+def test_shipped_option_files_train(shipped_runs, task):
     opt = shipped('train', task)
     train = opt['train']
     ds = opt['datasets']['train']  # the recipe itself (the release's) is checked in test_recipes.py
     assert ds['batch_size_per_gpu'] * 8 == 16 and ds['use_hflip'] and ds['use_rot']
     assert opt['val']['metrics']['psnr']['test_y_channel'] == (task == 'Rain13k')
     assert bool(train.get('loss_on_clamped')) == (task == 'SIDD')
-    proc = launch('train', write_options(tiny_options(opt, tiny_data), tmp_path / 'o.yml'), tmp_path)
-    assert (tmp_path / 'experiments' / f'MPRNet-{task}' / 'models' / 'net_g_latest.pth').is_file()
+    folder, proc = shipped_runs[task]
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert (folder / 'experiments' / f'MPRNet-{task}' / 'models' / 'net_g_latest.pth').is_file()
     assert 'l_charbonnier' in proc.stdout and ('l_edge' in proc.stdout) == (task != 'SIDD')
     assert '# psnr' in proc.stdout
     test_opt = shipped('test', task)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, load_option_file, load_script, on_tiny_data, train_module, write_options
+from conftest import REPO, batch_selected, load_option_file, load_script, module_train, on_tiny_data, write_options
 from hinet_plugins.demo import report as demo_report
 from hinet_plugins.demo import baselines as demo_baselines
 from hinet_plugins.demo.data import degrade, load_photo
@@ -119,16 +119,25 @@ def test_demo_trains_one_network_on_fresh_noise():
     assert run.DATA_SETTINGS['sigma'] == 25.0 and run.DATA_SETTINGS['train_lq'] is False
 
 
+@pytest.fixture(scope='module')
+def demo_runs(request, tiny_data, tmp_path_factory):
+    """Both demo files on the tiny data for 2 iterations, trained in one interpreter."""
+    def prepare(name, folder):
+        return module_train(write_options(on_tiny_data(load_option_file('train', name), tiny_data, 2),
+                                          folder / 'o.yml'))
+    return batch_selected(request, 'test_demo_option_files_train_in_bf16', 'name', prepare, tmp_path_factory)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['HINet-Demo', 'NAFNet-Demo'])
-def test_demo_option_files_train_in_bf16(name, tiny_data, tmp_path):
+def test_demo_option_files_train_in_bf16(name, demo_runs):
     """Both demo files as shipped (bf16 autocast, fp32 validation), on the tiny data for 2 iterations."""
     opt = load_option_file('train', name)
     assert opt['amp'] == 'bf16' and opt['val']['amp'] is False
     assert opt['train']['total_iter'] == opt['train']['scheduler']['T_max']
-    opt = on_tiny_data(opt, tiny_data, 2)
-    train_module(write_options(opt, tmp_path / 'o.yml'), tmp_path)
-    ckpt = tmp_path / 'experiments' / name / 'models' / 'net_g_latest.pth'
+    folder, proc = demo_runs[name]
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    ckpt = folder / 'experiments' / name / 'models' / 'net_g_latest.pth'
     params = torch.load(ckpt, weights_only=True)['params']
     assert all(v.dtype == torch.float32 for v in params.values())  # autocast leaves the weights in fp32
     assert os.path.getsize(ckpt) > 0
