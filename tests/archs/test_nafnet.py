@@ -16,8 +16,8 @@ import torch
 import yaml
 from basicsr.archs import build_network
 from basicsr.models import build_model
-from conftest import (PY, REPO, base_options, missing_run_folders, on_tiny_data, remove_repo_runs, run_cli,
-                      train_module, write_options)
+from conftest import (REPO, base_options, batch_selected, launch_batch, missing_run_folders, module_train, on_tiny_data,
+                      remove_repo_runs, write_options)
 from torch.nn import functional as F
 
 from hinet_plugins import tlc
@@ -373,8 +373,11 @@ def release_runs(tiny_data, tmp_path_factory):
     try:
         runs = {'name': name, 'train_opt': train}
         cpu = ['--force_yml', 'num_gpu=0']  # the files keep the release's num_gpu: 8 / 1, as a CPU user would run
-        runs['train'] = run_cli([PY, 'basicsr/train.py', '-opt', paths['train'], *cpu], REPO)
-        runs['test'] = run_cli([PY, 'basicsr/test.py', '-opt', paths['test'], *cpu], REPO)
+        # both literal launchers, one after the other in one interpreter (conftest.launch_batch)
+        runs['train'], runs['test'] = launch_batch([(['basicsr/train.py', '-opt', paths['train'], *cpu], REPO),
+                                                    (['basicsr/test.py', '-opt', paths['test'], *cpu], REPO)], tmp)
+        for kind in ('train', 'test'):
+            assert runs[kind].returncode == 0, f'basicsr/{kind}.py failed:\n{runs[kind].stdout[-6000:]}'
         runs['ckpt'] = torch.load(os.path.join(REPO, 'experiments', name, 'models', 'net_g_latest.pth'),
                                   weights_only=True)
         runs['state'] = torch.load(os.path.join(REPO, 'experiments', name, 'training_states', '3.state'),
@@ -411,9 +414,26 @@ def test_release_test_file_runs_through_the_literal_launcher(release_runs):
 
 
 # ------------------------------------------------------------------------------------ our own option files
+def _shipped_run(name, folder, tiny_data):
+    with open(os.path.join(REPO, 'options', 'train', f'NAFNet-{name}.yml')) as f:
+        opt = yaml.safe_load(f)
+    opt = on_tiny_data(opt, tiny_data, 2, gt_size=48, network={'width': 8, 'enc_blk_nums': [1, 1],
+                                                                'middle_blk_num': 1, 'dec_blk_nums': [1, 1]})
+    if name == 'GoPro':
+        opt['val']['tlc']['train_size'] = 48
+    return module_train(write_options(opt, folder / 'o.yml'))
+
+
+@pytest.fixture(scope='module')
+def shipped_runs(request, tiny_data, tmp_path_factory):
+    """Our two NAFNet training files on the tiny data, trained in one interpreter."""
+    return batch_selected(request, 'test_shipped_nafnet_option_files_train_and_pair_with_their_test_files', 'name',
+                          lambda name, folder: _shipped_run(name, folder, tiny_data), tmp_path_factory)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['GoPro', 'SIDD'])
-def test_shipped_nafnet_option_files_train_and_pair_with_their_test_files(tiny_data, tmp_path, name):
+def test_shipped_nafnet_option_files_train_and_pair_with_their_test_files(shipped_runs, name):
     with open(os.path.join(REPO, 'options', 'train', f'NAFNet-{name}.yml')) as f:
         opt = yaml.safe_load(f)
     with open(os.path.join(REPO, 'options', 'test', f'NAFNet-{name}.yml')) as f:
@@ -423,20 +443,14 @@ def test_shipped_nafnet_option_files_train_and_pair_with_their_test_files(tiny_d
     assert count_on_meta(opt['network_g']) == RELEASE_PARAMS[f'train/{name}/NAFNet-width64.yml']
     assert test_opt['network_g'] == {k: v for k, v in opt['network_g'].items() if k != 'img_channel'}
     assert bool((test_opt['val'] or {}).get('tlc')) == (name == 'GoPro')
-    opt = on_tiny_data(opt, tiny_data, 2, gt_size=48, network={'width': 8, 'enc_blk_nums': [1, 1],
-                                                                'middle_blk_num': 1, 'dec_blk_nums': [1, 1]})
-    if name == 'GoPro':
-        opt['val']['tlc']['train_size'] = 48
-    log = train_module(write_options(opt, tmp_path / 'o.yml'), tmp_path).stdout
-    assert (tmp_path / 'experiments' / f'NAFNet-{name}' / 'models' / 'net_g_latest.pth').is_file()
+    folder, proc = shipped_runs[name]
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    log = proc.stdout
+    assert (folder / 'experiments' / f'NAFNet-{name}' / 'models' / 'net_g_latest.pth').is_file()
     assert ('val.tlc: TLC: 5 layer(s) made local' in log) == (name == 'GoPro')
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('rel', ['train/SIDD/NAFNet-width32.yml', 'train/GoPro/Baseline-width32.yml'])
-def test_other_release_train_files_run(tiny_data, tmp_path, rel):
-    """The SIDD file (plain NAFNet, AdamW without weight decay, no flips, ``val.use_image``) and the Baseline one
-    (BaselineLocal): one iteration each, through ``python -m hinet_plugins.train`` (same launcher function)."""
+def _other_release_options(rel, tiny_data):
     opt = _shrink(release_file(rel), tiny_data, 'release_' + rel.split('/')[1], {'train': 'train', 'val': 'val'})
     opt['datasets']['train'].update(gt_size=48, batch_size_per_gpu=2, num_worker_per_gpu=0)
     if opt['network_g']['type'] == 'NAFNet':
@@ -444,9 +458,28 @@ def test_other_release_train_files_run(tiny_data, tmp_path, rel):
     opt['train'].update(total_iter=1)
     opt['val']['val_freq'] = 1
     opt['logger'].update(print_freq=1, save_checkpoint_freq=1, use_tb_logger=False)
-    log = train_module(write_options(opt, tmp_path / 'o.yml'), tmp_path).stdout
+    return opt
+
+
+@pytest.fixture(scope='module')
+def other_release_runs(request, tiny_data, tmp_path_factory):
+    """The other release training files, one iteration each, trained in one interpreter."""
+    def prepare(rel, folder):
+        return module_train(write_options(_other_release_options(rel, tiny_data), folder / 'o.yml'))
+    return batch_selected(request, 'test_other_release_train_files_run', 'rel', prepare, tmp_path_factory)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('rel', ['train/SIDD/NAFNet-width32.yml', 'train/GoPro/Baseline-width32.yml'])
+def test_other_release_train_files_run(tiny_data, other_release_runs, rel):
+    """The SIDD file (plain NAFNet, AdamW without weight decay, no flips, ``val.use_image``) and the Baseline one
+    (BaselineLocal): one iteration each, through ``python -m hinet_plugins.train`` (same launcher function)."""
+    opt = _other_release_options(rel, tiny_data)
+    folder, proc = other_release_runs[rel]
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    log = proc.stdout
     assert '# psnr' in log and 'l_psnr' in log
-    ckpt = torch.load(tmp_path / 'experiments' / opt['name'] / 'models' / 'net_g_latest.pth', weights_only=True)
+    ckpt = torch.load(folder / 'experiments' / opt['name'] / 'models' / 'net_g_latest.pth', weights_only=True)
     base = opt['network_g']['type'].replace('Local', '')
     kwargs = {k: v for k, v in opt['network_g'].items() if k not in ('type', 'train_size')}
     build_network({'type': base, **kwargs}).load_state_dict(ckpt['params'], strict=True)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import PY, REPO, run_cli, run_launcher
+from conftest import PY, REPO, launch_batch, run_cli, run_launcher
 
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
@@ -249,6 +249,16 @@ def launch(script, opt_path, *flags):
     return proc.stdout
 
 
+def launch_all(commands, folder):
+    """Several ``(script, opt_path, *flags)`` literal launches in one interpreter (``launch_batch``), in order;
+    each must succeed as in ``launch``. Returns their outputs."""
+    done = launch_batch([([f'basicsr/{script}.py', '-opt', opt_path, *flags], REPO)
+                         for script, opt_path, *flags in commands], folder)
+    for proc in done:
+        assert proc.returncode == 0 and 'Traceback' not in proc.stdout, proc.stdout[-5000:]
+    return [proc.stdout for proc in done]
+
+
 def logged_metrics(out, dataset):
     block = out.split(f'Validation {dataset}')[-1]
     return {k: float(v) for k, v in re.findall(r'# (\w+): ([-\d.]+)', block)}
@@ -287,14 +297,15 @@ def test_hinet_sidd_train_and_test_files(tiny_data, tmp_path, unique_name):
     assert abs(on_floats - on_images) > 0.01  # the two readings differ on this run, so the check below can fail
     assert abs(trained - on_floats) < 2e-3, (trained, on_floats, on_images)
 
-    tested = launch('test', write(tmp_path, HINET_SIDD_TEST, **dict(fields, name=unique_name + '_test',
-                                                                     checkpoint=ckpt)), '--force_yml', 'num_gpu=0')
+    # the test file as it is, and with --force_yml val:use_image=true (metrics on the saved 8-bit images instead):
+    # both literal launches in one interpreter
+    tested, as_images = launch_all([
+        ('test', write(tmp_path, HINET_SIDD_TEST, **dict(fields, name=unique_name + '_test', checkpoint=ckpt)),
+         '--force_yml', 'num_gpu=0'),
+        ('test', write(tmp_path, HINET_SIDD_TEST, **dict(fields, name=unique_name + '_img', checkpoint=ckpt)),
+         '--force_yml', 'num_gpu=0', 'val:use_image=true')], tmp_path)
     assert 'Number of test images in SIDD: 1' in tested
     assert logged_metrics(tested, 'SIDD')['psnr'] == pytest.approx(trained, abs=2e-4)
-    # --force_yml val:use_image=true: metrics on the saved 8-bit images instead
-    as_images = launch('test', write(tmp_path, HINET_SIDD_TEST, **dict(fields, name=unique_name + '_img',
-                                                                        checkpoint=ckpt)),
-                       '--force_yml', 'num_gpu=0', 'val:use_image=true')
     assert logged_metrics(as_images, 'SIDD')['psnr'] == pytest.approx(on_images, abs=2e-3)
 
 
@@ -350,11 +361,13 @@ def test_drcnet_sidd_file_saves_images_without_suffix_and_preset_release(tiny_da
         with torch.no_grad():
             expected[preset] = tensor2img(net(lq)[-1]).astype(int)
     assert np.abs(expected['paper'] - expected['release']).max() >= 3  # so that the checks below can fail
-    for preset in ('paper', 'release'):
+    presets = ('paper', 'release')
+    launch_all([('test', write(tmp_path, DRCNET_SIDD_TEST, **dict(
+        tiny_data, name=f'{unique_name}_{preset}', checkpoint=ckpt,
+        preset='\n  preset: release' if preset == 'release' else '')), '--force_yml', 'num_gpu=0')
+        for preset in presets], tmp_path)
+    for preset in presets:
         name = f'{unique_name}_{preset}'
-        opt_path = write(tmp_path, DRCNET_SIDD_TEST, **dict(tiny_data, name=name, checkpoint=ckpt, preset=(
-            '\n  preset: release' if preset == 'release' else '')))
-        launch('test', opt_path, '--force_yml', 'num_gpu=0')
         saved = glob.glob(os.path.join(REPO, 'results', name, 'visualization', 'SIDD', '*.png'))
         assert [os.path.basename(p) for p in saved] == ['chelsea.png'], saved
         assert np.abs(cv2.imread(saved[0]).astype(int) - expected[preset]).max() <= 1, preset
