@@ -8,6 +8,7 @@ import torch
 
 from conftest import REPO, batch_selected, load_option_file, load_script, module_train, on_tiny_data, write_options
 from hinet_plugins.demo import report as demo_report
+from hinet_plugins.utils.amp import amp_dtype, native_bf16
 from hinet_plugins.demo import baselines as demo_baselines
 from hinet_plugins.demo.data import degrade, load_photo
 
@@ -125,19 +126,32 @@ def demo_runs(request, tiny_data, tmp_path_factory):
     def prepare(name, folder):
         return module_train(write_options(on_tiny_data(load_option_file('train', name), tiny_data, 2),
                                           folder / 'o.yml'))
-    return batch_selected(request, 'test_demo_option_files_train_in_bf16', 'name', prepare, tmp_path_factory)
+    return batch_selected(request, 'test_demo_option_files_train_with_native_amp', 'name', prepare, tmp_path_factory)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['HINet-Demo', 'NAFNet-Demo'])
-def test_demo_option_files_train_in_bf16(name, demo_runs):
-    """Both demo files as shipped (bf16 autocast, fp32 validation), on the tiny data for 2 iterations."""
+def test_demo_option_files_train_with_native_amp(name, demo_runs):
+    """Both demo files as shipped (``amp: auto``: bf16 autocast where this CPU has native bf16, else fp32; fp32
+    validation), on the tiny data for 2 iterations."""
     opt = load_option_file('train', name)
-    assert opt['amp'] == 'bf16' and opt['val']['amp'] is False
+    assert opt['amp'] == 'auto' and opt['val']['amp'] is False
     assert opt['train']['total_iter'] == opt['train']['scheduler']['T_max']
     folder, proc = demo_runs[name]
     assert proc.returncode == 0, proc.stdout[-6000:]
+    assert ('Speed switches: amp=bf16 (eval off)' in proc.stdout) == native_bf16('cpu')  # the switch, when on
     ckpt = folder / 'experiments' / name / 'models' / 'net_g_latest.pth'
     params = torch.load(ckpt, weights_only=True)['params']
     assert all(v.dtype == torch.float32 for v in params.values())  # autocast leaves the weights in fp32
     assert os.path.getsize(ckpt) > 0
+
+
+def test_amp_auto_is_bf16_only_where_it_is_native(monkeypatch):
+    """``amp: auto`` (the demo files): bf16 on a CPU with native bf16, fp32 (None) on one that would emulate it."""
+    import hinet_plugins.utils.amp as amp
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(amp, 'native_bf16', lambda device_type, native=native: native)
+        assert amp_dtype('auto', 'cpu') is expected and amp_dtype('AUTO', 'cpu') is expected
+    monkeypatch.undo()
+    assert amp_dtype('auto', 'cpu') is (torch.bfloat16 if native_bf16('cpu') else None)
+    assert amp_dtype('bf16', 'cpu') is torch.bfloat16  # asked for explicitly: kept, native or not
