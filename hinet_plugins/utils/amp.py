@@ -3,8 +3,8 @@
 bf16 works on the CPU and on GPUs that support it; fp16 needs CUDA (CPU fp16 kernels are slower than fp32 and a
 gradient scaler buys nothing there). ``auto`` is bf16 where the device computes it natively (a GPU with bf16, a CPU
 with AVX-512 bf16 / AMX as oneDNN reports it) and fp32 elsewhere: on an AVX2-only CPU bf16 is emulated and many
-times slower than fp32, so a file meant to run fast everywhere (the demo's) says ``auto``. ``models/speed.py`` reads ``amp`` / ``val.amp`` through it; ``restore/``
-keeps its own copy (``restoring.amp_dtype``) until it switches to this one.
+times slower than fp32, so a file meant to run fast everywhere (the demo's) says ``auto``. ``models/speed.py``
+(``amp`` / ``val.amp``) and ``restore/`` (``Restorer``, ``--amp``) both read it from here.
 """
 from contextlib import nullcontext
 from typing import Any, ContextManager, Optional, Union

@@ -306,9 +306,7 @@ dist_params: {{backend: nccl, port: 29500}}
 
 
 def _shipped_run(name, folder, tiny_data):
-    with open(os.path.join(REPO, 'options', 'train', f'HINet-{name}.yml')) as f:
-        opt = yaml.safe_load(f)
-    opt = on_tiny_data(opt, tiny_data, 2, gt_size=48, network={'wf': 8})
+    opt = on_tiny_data(load_option_file('train', f'HINet-{name}'), tiny_data, 2, gt_size=48, network={'wf': 8})
     opt['val']['crop_size'] = 64
     return module_train(write_options(opt, folder / 'o.yml'))
 

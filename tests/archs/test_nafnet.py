@@ -16,8 +16,8 @@ import torch
 import yaml
 from basicsr.archs import build_network
 from basicsr.models import build_model
-from conftest import (REPO, base_options, batch_selected, launch_batch, missing_run_folders, module_train, on_tiny_data,
-                      remove_repo_runs, write_options)
+from conftest import (REPO, base_options, batch_selected, launch_batch, load_option_file, missing_run_folders,
+                      module_train, on_tiny_data, remove_repo_runs, write_options)
 from torch.nn import functional as F
 
 from hinet_plugins import tlc
@@ -415,10 +415,8 @@ def test_release_test_file_runs_through_the_literal_launcher(release_runs):
 
 # ------------------------------------------------------------------------------------ our own option files
 def _shipped_run(name, folder, tiny_data):
-    with open(os.path.join(REPO, 'options', 'train', f'NAFNet-{name}.yml')) as f:
-        opt = yaml.safe_load(f)
-    opt = on_tiny_data(opt, tiny_data, 2, gt_size=48, network={'width': 8, 'enc_blk_nums': [1, 1],
-                                                                'middle_blk_num': 1, 'dec_blk_nums': [1, 1]})
+    small = {'width': 8, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1]}
+    opt = on_tiny_data(load_option_file('train', f'NAFNet-{name}'), tiny_data, 2, gt_size=48, network=small)
     if name == 'GoPro':
         opt['val']['tlc']['train_size'] = 48
     return module_train(write_options(opt, folder / 'o.yml'))
