@@ -18,7 +18,7 @@ setup(
         'bm3d',  # scripts/demo.py: the BM3D baseline column (hinet_plugins/demo/baselines.py)
     ],
     extras_require={
-        'test': ['pytest'],
+        'test': ['pytest', 'pytest-xdist'],  # scripts/run_tests.sh runs two workers
         # scripts/webui.py (Python >= 3.10); selenium drives Debian's chromium in tests/webui/test_webui.py
         'webui': ['gradio; python_version >= "3.10"', 'selenium'],
         # Python >= 3.10: hinet_plugins.integrations.spandrel (loading any checkpoint, both ways)

@@ -14,6 +14,9 @@ import socket
 import subprocess
 import sys
 
+if os.environ.get('PYTEST_XDIST_WORKER'):  # one thread per worker (scripts/run_tests.sh runs one per core)
+    os.environ['OMP_NUM_THREADS'] = '1'
+
 import pytest
 import yaml
 
@@ -73,7 +76,7 @@ def write_options(opt, path):
 
 def run_cli(args, cwd, env_extra=None, timeout=600, check=True):
     """Run a command line (list) with the test interpreter; returns CompletedProcess (stdout+stderr merged)."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='2')
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1' if os.environ.get('PYTEST_XDIST_WORKER') else '2')
     env.pop('BASICSR_DIST_BACKEND', None)
     env.update(env_extra or {})
     proc = subprocess.run(args, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
