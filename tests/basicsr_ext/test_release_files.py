@@ -9,14 +9,13 @@ releases' ``num_gpu: 8`` / ``1`` stays in the files and is overridden as a CPU u
 import glob
 import os
 import re
-import shutil
 import uuid
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import PY, REPO, launch_batch, run_cli, run_launcher
+from conftest import REPO, launch_batch, missing_run_folders, remove_repo_runs, run_launcher
 
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
@@ -228,35 +227,10 @@ dist_params:
 '''
 
 
-@pytest.fixture
-def unique_name():
-    name = f'pytest_release_{uuid.uuid4().hex[:8]}'
-    yield name
-    for folder in ('experiments', 'results', 'tb_logger'):
-        for path in glob.glob(os.path.join(REPO, folder, f'{name}*')):
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def write(tmp_path, text, **fields):
     path = tmp_path / f'{uuid.uuid4().hex[:6]}.yml'
     path.write_text(text.format(**fields))
     return str(path)
-
-
-def launch(script, opt_path, *flags):
-    proc = run_cli([PY, f'basicsr/{script}.py', '-opt', opt_path, *flags], REPO, check=False, timeout=500)
-    assert proc.returncode == 0 and 'Traceback' not in proc.stdout, proc.stdout[-5000:]
-    return proc.stdout
-
-
-def launch_all(commands, folder):
-    """Several ``(script, opt_path, *flags)`` literal launches in one interpreter (``launch_batch``), in order;
-    each must succeed as in ``launch``. Returns their outputs."""
-    done = launch_batch([([f'basicsr/{script}.py', '-opt', opt_path, *flags], REPO)
-                         for script, opt_path, *flags in commands], folder)
-    for proc in done:
-        assert proc.returncode == 0 and 'Traceback' not in proc.stdout, proc.stdout[-5000:]
-    return [proc.stdout for proc in done]
 
 
 def logged_metrics(out, dataset):
@@ -275,16 +249,95 @@ def psnr(a, b):
     return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
 
 
+def mprnet_release_checkpoint(path):
+    """An MPRNet release-style file: {'epoch', 'state_dict' (``module.``-prefixed), 'optimizer'}."""
+    torch.manual_seed(3)
+    net = build_network({'type': 'MPRNet', 'n_feat': 8, 'scale_unetfeats': 4, 'scale_orsnetfeats': 4,
+                         'num_cab': 1})
+    state = {'module.' + k: v for k, v in net.state_dict().items()}
+    torch.save({'epoch': 3000, 'state_dict': state, 'optimizer': {'state': {}, 'param_groups': [{'lr': 2e-4}]}},
+               path)
+    return net
+
+
+DRCNET_ARCH = {'type': 'DRCNet', 'wf': 8, 'hin_position_left': 0, 'hin_position_right': 4}
+
+
+def drcnet_scaled_weights():
+    """Random DRCNet weights with the response-map convs (x30) and the last conv (x10) scaled up."""
+    torch.manual_seed(5)
+    return {k: v * 30 if k.endswith('norm.sa.conv1.weight') else v * 10 if k == 'last.weight' else v
+            for k, v in build_network(DRCNET_ARCH).state_dict().items()}
+
+
+@pytest.fixture(scope='module')
+def release_runs(request, tiny_data, tmp_path_factory):
+    """The literal launches of the selected tests below, all in one interpreter (``launch_batch``, in this order;
+    one start-up instead of one per launch): HINet-SIDD train, then its test file twice on the trained checkpoint;
+    TLC's MPRNetLocal test file; DRCNet-SIDD's test file without and with ``preset: release``. Each launch is
+    ``basicsr/<script>.py -opt FILE --force_yml num_gpu=0 ...`` from the repository root, as before.
+    Returns {test: {...}} with each launch's output; the runs' folders under the repository root are removed
+    afterwards."""
+    wanted = {item.originalname for item in request.session.items if item.module is request.module}
+    tmp = tmp_path_factory.mktemp('release_files')
+    base = f'pytest_release_{uuid.uuid4().hex[:8]}'
+    plan, runs = [], {}  # plan: (test, key, (script, opt_path, *flags))
+    if 'test_hinet_sidd_train_and_test_files' in wanted:
+        name = base + '_hinet'
+        fields = dict(tiny_data, name=name)
+        ckpt = os.path.join(REPO, 'experiments', name, 'models', 'net_g_latest.pth')
+        runs['hinet'] = {'name': name, 'ckpt': ckpt}
+        plan += [('hinet', 'train', ('train', write(tmp, HINET_SIDD_TRAIN, **fields), '--force_yml', 'num_gpu=0')),
+                 ('hinet', 'tested', ('test', write(tmp, HINET_SIDD_TEST, **dict(fields, name=name + '_test',
+                                                                                 checkpoint=ckpt)),
+                                      '--force_yml', 'num_gpu=0')),
+                 ('hinet', 'as_images', ('test', write(tmp, HINET_SIDD_TEST, **dict(fields, name=name + '_img',
+                                                                                    checkpoint=ckpt)),
+                                         '--force_yml', 'num_gpu=0', 'val:use_image=true'))]
+    if 'test_tlc_mprnet_local_file_with_param_key_state_dict' in wanted:
+        ckpt = str(tmp / 'MPRNet-GoPro.pth')
+        mprnet_release_checkpoint(ckpt)
+        fields = dict(tiny_data, name=base + '_mprnet', checkpoint=ckpt)
+        runs['mprnet'] = {'ckpt': ckpt, 'fields': fields}
+        plan.append(('mprnet', 'out', ('test', write(tmp, MPRNET_LOCAL_TEST, **fields), '--force_yml', 'num_gpu=0')))
+    if 'test_drcnet_sidd_file_saves_images_without_suffix_and_preset_release' in wanted:
+        weights = drcnet_scaled_weights()
+        ckpt = str(tmp / 'DRCNet-SIDD.pth')
+        torch.save({'params': weights}, ckpt)
+        runs['drcnet'] = {'weights': weights, 'names': {}}
+        for preset in ('paper', 'release'):
+            name = runs['drcnet']['names'][preset] = f'{base}_drcnet_{preset}'
+            plan.append(('drcnet', preset, ('test', write(tmp, DRCNET_SIDD_TEST, **dict(
+                tiny_data, name=name, checkpoint=ckpt,
+                preset='\n  preset: release' if preset == 'release' else '')), '--force_yml', 'num_gpu=0')))
+    created = missing_run_folders()
+    try:
+        if plan:
+            done = launch_batch([([f'basicsr/{script}.py', '-opt', opt_path, *flags], REPO)
+                                 for _, _, (script, opt_path, *flags) in plan], tmp)
+            for (test, key, _), proc in zip(plan, done):
+                runs[test][key] = proc
+        yield runs
+    finally:
+        remove_repo_runs(base, created)
+
+
+def succeeded(proc):
+    """The output of a batched launch that must have succeeded (exit 0, no traceback), as ``launch`` checked."""
+    assert proc.returncode == 0 and 'Traceback' not in proc.stdout, proc.stdout[-5000:]
+    return proc.stdout
+
+
 @pytest.mark.slow
-def test_hinet_sidd_train_and_test_files(tiny_data, tmp_path, unique_name):
+def test_hinet_sidd_train_and_test_files(tiny_data, release_runs):
     """PairedImageDataset_SIDD (disk train set smaller than gt_size -> padded; LMDB val), ``use_image: false``,
     ``--force_yml num_gpu=0`` on a ``num_gpu: 8`` file, then the test file on the trained checkpoint."""
-    fields = dict(tiny_data, name=unique_name)
-    out = launch('train', write(tmp_path, HINET_SIDD_TRAIN, **fields), '--force_yml', 'num_gpu=0')
+    run = release_runs['hinet']
+    out = succeeded(run['train'])
     assert 'Number of train images: 320000' in out  # the release's fixed length (32 * 10000), not 40 files
     assert 'Require iter number per epoch: 160000' in out
-    assert os.path.isdir(os.path.join(REPO, 'tb_logger', unique_name))
-    ckpt = os.path.join(REPO, 'experiments', unique_name, 'models', 'net_g_latest.pth')
+    assert os.path.isdir(os.path.join(REPO, 'tb_logger', run['name']))
+    ckpt = run['ckpt']
     trained = logged_metrics(out, 'SIDD_val')['psnr']
 
     # use_image: false = PSNR of the float output (x 255, not rounded, not clamped) -- not of the 8-bit image
@@ -297,35 +350,18 @@ def test_hinet_sidd_train_and_test_files(tiny_data, tmp_path, unique_name):
     assert abs(on_floats - on_images) > 0.01  # the two readings differ on this run, so the check below can fail
     assert abs(trained - on_floats) < 2e-3, (trained, on_floats, on_images)
 
-    # the test file as it is, and with --force_yml val:use_image=true (metrics on the saved 8-bit images instead):
-    # both literal launches in one interpreter
-    tested, as_images = launch_all([
-        ('test', write(tmp_path, HINET_SIDD_TEST, **dict(fields, name=unique_name + '_test', checkpoint=ckpt)),
-         '--force_yml', 'num_gpu=0'),
-        ('test', write(tmp_path, HINET_SIDD_TEST, **dict(fields, name=unique_name + '_img', checkpoint=ckpt)),
-         '--force_yml', 'num_gpu=0', 'val:use_image=true')], tmp_path)
+    # the test file as it is, and with --force_yml val:use_image=true (metrics on the saved 8-bit images instead)
+    tested, as_images = succeeded(run['tested']), succeeded(run['as_images'])
     assert 'Number of test images in SIDD: 1' in tested
     assert logged_metrics(tested, 'SIDD')['psnr'] == pytest.approx(trained, abs=2e-4)
     assert logged_metrics(as_images, 'SIDD')['psnr'] == pytest.approx(on_images, abs=2e-3)
 
 
-def mprnet_release_checkpoint(path):
-    """An MPRNet release-style file: {'epoch', 'state_dict' (``module.``-prefixed), 'optimizer'}."""
-    torch.manual_seed(3)
-    net = build_network({'type': 'MPRNet', 'n_feat': 8, 'scale_unetfeats': 4, 'scale_orsnetfeats': 4,
-                         'num_cab': 1})
-    state = {'module.' + k: v for k, v in net.state_dict().items()}
-    torch.save({'epoch': 3000, 'state_dict': state, 'optimizer': {'state': {}, 'param_groups': [{'lr': 2e-4}]}},
-               path)
-    return net
-
-
 @pytest.mark.slow
-def test_tlc_mprnet_local_file_with_param_key_state_dict(tiny_data, tmp_path, unique_name, monkeypatch):
-    ckpt = str(tmp_path / 'MPRNet-GoPro.pth')
-    mprnet_release_checkpoint(ckpt)
-    fields = dict(tiny_data, name=unique_name, checkpoint=ckpt)
-    out = launch('test', write(tmp_path, MPRNET_LOCAL_TEST, **fields), '--force_yml', 'num_gpu=0')
+def test_tlc_mprnet_local_file_with_param_key_state_dict(tmp_path, release_runs, monkeypatch):
+    run = release_runs['mprnet']
+    ckpt, fields = run['ckpt'], run['fields']
+    out = succeeded(run['out'])
     assert 'with param key: [state_dict]' in out
     metrics = logged_metrics(out, 'gopro-test')
     assert set(metrics) == {'psnr', 'ssim'} and 5 < metrics['psnr'] < 60
@@ -342,32 +378,26 @@ def test_tlc_mprnet_local_file_with_param_key_state_dict(tiny_data, tmp_path, un
 
 
 @pytest.mark.slow
-def test_drcnet_sidd_file_saves_images_without_suffix_and_preset_release(tiny_data, tmp_path, unique_name):
+def test_drcnet_sidd_file_saves_images_without_suffix_and_preset_release(tiny_data, release_runs):
     """``save_img: true`` without ``suffix`` writes ``<img>.png``; ``preset: release`` gives the release's DFR
     numerics, the file as released the paper's: each saved image matches ``DRCNet(preset=...)`` run in the test on
     the same ``{'params'}`` checkpoint. The checkpoint's response-map convs (x30) and last conv (x10) are scaled so
     that the two readings differ by several grey levels (random weights alone hardly use the DFR statistics)."""
-    torch.manual_seed(5)
-    arch = {'type': 'DRCNet', 'wf': 8, 'hin_position_left': 0, 'hin_position_right': 4}
-    weights = {k: v * 30 if k.endswith('norm.sa.conv1.weight') else v * 10 if k == 'last.weight' else v
-               for k, v in build_network(arch).state_dict().items()}
-    ckpt = str(tmp_path / 'DRCNet-SIDD.pth')
-    torch.save({'params': weights}, ckpt)
+    run = release_runs['drcnet']
+    weights = run['weights']  # (saved by the fixture as the {'params'} checkpoint of both launches)
     lq, _ = val_pair(tiny_data)
     expected = {}
     for preset in ('paper', 'release'):
-        net = build_network(dict(arch, preset=preset)).eval()
+        net = build_network(dict(DRCNET_ARCH, preset=preset)).eval()
         net.load_state_dict(weights)
         with torch.no_grad():
             expected[preset] = tensor2img(net(lq)[-1]).astype(int)
     assert np.abs(expected['paper'] - expected['release']).max() >= 3  # so that the checks below can fail
     presets = ('paper', 'release')
-    launch_all([('test', write(tmp_path, DRCNET_SIDD_TEST, **dict(
-        tiny_data, name=f'{unique_name}_{preset}', checkpoint=ckpt,
-        preset='\n  preset: release' if preset == 'release' else '')), '--force_yml', 'num_gpu=0')
-        for preset in presets], tmp_path)
     for preset in presets:
-        name = f'{unique_name}_{preset}'
+        succeeded(run[preset])
+    for preset in presets:
+        name = run['names'][preset]
         saved = glob.glob(os.path.join(REPO, 'results', name, 'visualization', 'SIDD', '*.png'))
         assert [os.path.basename(p) for p in saved] == ['chelsea.png'], saved
         assert np.abs(cv2.imread(saved[0]).astype(int) - expected[preset]).max() <= 1, preset
