@@ -20,11 +20,16 @@ if os.environ.get('PYTEST_XDIST_WORKER'):  # one thread per worker (scripts/run_
 import pytest
 import yaml
 
-import hinet_plugins  # noqa: F401  (compat + registration before anything of basicsr)
-from hinet_plugins.basicsr_ext import launch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
+
+
+def pytest_configure(config):
+    """hinet_plugins (today's-stack patches + registration) before any test module imports basicsr. Not in the
+    pytest-xdist controller, which runs no test: only its workers pay for torch and basicsr."""
+    if os.environ.get('PYTEST_XDIST_WORKER') or not getattr(config.option, 'numprocesses', None):
+        import hinet_plugins  # noqa: F401
 
 
 @pytest.fixture(scope='session')
@@ -176,6 +181,7 @@ def run_launcher(root, opt_path, *flags, mode='train', monkeypatch):
             monkeypatch.setattr(handler, 'stream', err)
     with contextlib.redirect_stderr(err):
         try:
+            from hinet_plugins.basicsr_ext import launch
             launch.run(mode, str(root))
         except SystemExit as exit_:
             code = exit_.code
