@@ -2,14 +2,13 @@
 over. Each payload would create a marker file if it ran; the marker must not exist afterwards, and a rejected
 command leaves the tree as it was (names and contents)."""
 import os
-import subprocess
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from conftest import PY, REPO, base_options, call_main, load_script, run_launcher, tree, write_options
+from conftest import REPO, base_options, call_main, launch_batch, load_script, run_launcher, tree, write_options
 from hinet_plugins.basicsr_ext.compat import STATE_GLOBALS, read_training_state
 from hinet_plugins.restore import Restorer
 from hinet_plugins.restore.imagefiles import apply_orientation, read_image
@@ -17,16 +16,10 @@ from hinet_plugins.restore.imagefiles import apply_orientation, read_image
 NET = {'type': 'HINet', 'wf': 4, 'depth': 3}
 
 
-def launch(cwd, *args, mode='train'):
-    """``python -m hinet_plugins.<mode> ARGS`` in ``cwd`` (a real process: exit code, stderr)."""
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
-    return subprocess.run([PY, '-m', f'hinet_plugins.{mode}', *args], cwd=str(cwd), env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
 def assert_rejected(result, *fragments):
-    """``result``: a CompletedProcess or ``run_launcher``'s (exit code, stderr)."""
-    code, err = (result.returncode, result.stderr) if hasattr(result, 'returncode') else result
+    """``result``: a batched launch (``launch_batch``: exit code, stdout and stderr merged) or ``run_launcher``'s
+    (exit code, stderr)."""
+    code, err = (result.returncode, result.stdout) if hasattr(result, 'returncode') else result
     assert code == 2, err[-3000:]
     assert 'Traceback' not in err, err[-3000:]
     line = err.strip().splitlines()[-1]
@@ -56,34 +49,79 @@ def run_root(tmp_path, tiny_data):
 
 
 # ------------------------------------------------------------------------------------------ training states
+@pytest.fixture(scope='module')
+def launches(request, tiny_data, tmp_path_factory):
+    """The ``python -m hinet_plugins.train`` launches of the selected slow tests below, all in one interpreter
+    (``launch_batch``: one start-up instead of four; exit code and merged output per launch), each in a root of
+    its own prepared beforehand (what a test compares afterwards is recorded before the batch starts).
+    Returns {test: {...}}."""
+    wanted = {item.originalname for item in request.session.items if item.module is request.module}
+    top = tmp_path_factory.mktemp('safety')
+    plan, runs = [], {}  # plan: (test, key, root, argv)
+
+    def fresh(label):
+        root = top / label / 'root'
+        root.mkdir(parents=True)
+        return root, base_options(tiny_data, name='tiny', network=NET, total_iter=2)
+
+    if 'test_crafted_state_never_runs' in wanted:
+        marker = top / 'MARKER'
+        runs['crafted'] = {'marker': marker}
+        # the state file named by path.resume_state
+        root, opt = fresh('resume_state')
+        state = root / 'evil.state'
+        torch.save({'epoch': 0, 'iter': 2, 'optimizers': [], 'schedulers': [], 'x': Payload(marker)}, state)
+        opt['path']['resume_state'] = str(state)
+        path = write_options(opt, root / 'opt.yml')
+        runs['crafted'].update(state=state, root=root, before=tree(root))
+        plan.append(('crafted', 'named', root, ['-opt', path]))
+        # the same file found by --auto_resume in the run's own folder
+        root, opt = fresh('auto_resume')
+        path = write_options(opt, root / 'opt.yml')
+        states = root / 'experiments' / 'tiny' / 'training_states'
+        states.mkdir(parents=True)
+        torch.save({'epoch': 0, 'iter': 2, 'optimizers': [], 'schedulers': [], 'x': Payload(marker)},
+                   states / '2.state')
+        runs['crafted'].update(auto_root=root, auto_before=tree(root))
+        plan.append(('crafted', 'found', root, ['-opt', path, '--auto_resume']))
+    if 'test_states_written_by_training_load_weights_only' in wanted:
+        root, opt = fresh('trained')
+        opt['train']['scheduler'] = {'type': 'MultiStepLR', 'milestones': [1], 'gamma': 0.5}  # a Counter inside
+        runs['trained'] = {'root': root}
+        plan.append(('trained', 'proc', root, ['-opt', write_options(opt, root / 'opt.yml')]))
+    if 'test_new_key_on_purpose_and_root_from_options' in wanted:
+        root, opt = fresh('new_key')
+        elsewhere = top / 'new_key' / 'cluster_scratch'
+        runs['new_key'] = {'root': root, 'elsewhere': elsewhere}
+        plan.append(('new_key', 'proc', root, ['-opt', write_options(opt, root / 'opt.yml'), '--force_yml',
+                                               f'path:root+={elsewhere}', 'train:total_iter=1',
+                                               'logger:save_checkpoint_freq=1', 'val:val_freq=1']))
+    if plan:
+        done = launch_batch([(['-m', 'hinet_plugins.train', *argv], root) for _, _, root, argv in plan],
+                            tmp_path_factory.mktemp('safety_batch'), timeout=600,
+                            env_extra={'OMP_NUM_THREADS': '1'})
+        for (test, key, _, _), proc in zip(plan, done):
+            runs[test][key] = proc
+    return runs
+
+
 @pytest.mark.slow
-def test_crafted_state_never_runs(run_root):
-    root, opt, marker = run_root
-    state = root / 'evil.state'
-    torch.save({'epoch': 0, 'iter': 2, 'optimizers': [], 'schedulers': [], 'x': Payload(marker)}, state)
-    opt['path']['resume_state'] = str(state)
-    path = write_options(opt, root / 'opt.yml')
-    before = tree(root)
-    assert_rejected(launch(root, '-opt', path), str(state), 'could run code')
-    assert not marker.exists() and tree(root) == before
+def test_crafted_state_never_runs(launches):
+    run = launches['crafted']
+    marker = run['marker']
+    assert_rejected(run['named'], str(run['state']), 'could run code')
+    assert not marker.exists() and tree(run['root']) == run['before']
     # the same file found by --auto_resume in the run's own folder
-    opt['path']['resume_state'] = None
-    path = write_options(opt, root / 'opt.yml')
-    states = root / 'experiments' / 'tiny' / 'training_states'
-    states.mkdir(parents=True)
-    os.replace(state, states / '2.state')
-    before = tree(root)
-    assert_rejected(launch(root, '-opt', path, '--auto_resume'), '2.state', 'could run code')
-    assert not marker.exists() and tree(root) == before
+    assert_rejected(run['found'], '2.state', 'could run code')
+    assert not marker.exists() and tree(run['auto_root']) == run['auto_before']
 
 
 @pytest.mark.slow
-def test_states_written_by_training_load_weights_only(run_root):
-    root, opt, _ = run_root
-    opt['train']['scheduler'] = {'type': 'MultiStepLR', 'milestones': [1], 'gamma': 0.5}  # a Counter inside
-    proc = launch(root, '-opt', write_options(opt, root / 'opt.yml'))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    path = root / 'experiments' / 'tiny' / 'training_states' / '2.state'
+def test_states_written_by_training_load_weights_only(launches):
+    run = launches['trained']
+    proc = run['proc']
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    path = run['root'] / 'experiments' / 'tiny' / 'training_states' / '2.state'
     with torch.serialization.safe_globals(STATE_GLOBALS):
         state = torch.load(path, weights_only=True)
     assert state['iter'] == 2 and read_training_state(str(path))['iter'] == 2
@@ -117,14 +155,11 @@ def test_yaml_tags_in_option_file_never_run(run_root, monkeypatch):
 
 
 @pytest.mark.slow
-def test_new_key_on_purpose_and_root_from_options(run_root, tmp_path):
+def test_new_key_on_purpose_and_root_from_options(launches):
     """``path:root+=DIR`` adds a key the file does not have; the run then lives under DIR, started elsewhere."""
-    root, opt, _ = run_root
-    path = write_options(opt, root / 'opt.yml')
-    elsewhere = tmp_path / 'cluster_scratch'
-    proc = launch(root, '-opt', path, '--force_yml', f'path:root+={elsewhere}', 'train:total_iter=1',
-                  'logger:save_checkpoint_freq=1', 'val:val_freq=1')
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = launches['new_key']
+    proc, root, elsewhere = run['proc'], run['root'], run['elsewhere']
+    assert proc.returncode == 0, proc.stdout[-3000:]
     assert (elsewhere / 'experiments' / 'tiny' / 'models' / 'net_g_1.pth').is_file()
     assert not (root / 'experiments').exists()
 
