@@ -18,16 +18,18 @@ import uuid
 
 import pytest
 import torch
-from conftest import (PY, REPO, base_options, finish, logged_iterations, missing_run_folders, remove_repo_runs, start,
-                      write_options)
+from conftest import (PY, REPO, base_options, finish, launch_batch, logged_iterations, missing_run_folders,
+                      remove_repo_runs, start, write_options)
 
 import basicsr
 
 # ---------------------------------------------------------------------------------------------- literal launchers
 @pytest.fixture(scope='module')
 def launcher_runs(tiny_data, tmp_path_factory):
-    """Four literal launches from the repository root, two at a time:
-    1. ``python -v basicsr/train.py -opt lmdb.yml --force_yml train:total_iter=4`` (yml says 6; -v lists imports)
+    """Four literal launches from the repository root:
+    1. ``python -v basicsr/train.py -opt lmdb.yml --force_yml train:total_iter=4`` (yml says 6; -v lists imports),
+       a process of its own (``-v`` is an interpreter flag);
+    then, in one interpreter (``launch_batch``: the literal launcher file per run, in this order):
     2. ``python basicsr/train.py -opt disk.yml --debug`` (disk folders, ``num_gpu: auto``, print_freq 100 in the yml)
     3. ``python basicsr/train.py -opt lmdb.yml --auto_resume`` (continues run 1 from iteration 4 to 6)
     4. ``python basicsr/test.py -opt test.yml`` (evaluates run 1's checkpoint)
@@ -51,11 +53,12 @@ def launcher_runs(tiny_data, tmp_path_factory):
     try:
         first = start([PY, '-v', 'basicsr/train.py', '-opt', paths['lmdb'], '--force_yml', 'train:total_iter=4'],
                       REPO, tmp / 'first')
-        debug = start([PY, 'basicsr/train.py', '-opt', paths['disk'], '--debug'], REPO, tmp / 'debug')
-        runs['first'], runs['debug'] = finish(first), finish(debug)
-        resumed = start([PY, 'basicsr/train.py', '-opt', paths['lmdb'], '--auto_resume'], REPO, tmp / 'resumed')
-        tested = start([PY, 'basicsr/test.py', '-opt', paths['test']], REPO, tmp / 'tested')
-        runs['resumed'], runs['tested'] = finish(resumed), finish(tested)
+        runs['first'] = finish(first)
+        done = launch_batch([(['basicsr/train.py', '-opt', paths['disk'], '--debug'], REPO),
+                             (['basicsr/train.py', '-opt', paths['lmdb'], '--auto_resume'], REPO),
+                             (['basicsr/test.py', '-opt', paths['test']], REPO)], tmp, timeout=1200,
+                            env_extra={'OMP_NUM_THREADS': '1'})
+        runs['debug'], runs['resumed'], runs['tested'] = map(_batched, done)
         runs['exp'] = os.path.join(REPO, 'experiments', name)
         runs['debug_exp'] = os.path.join(REPO, 'experiments', f'debug_{name}_disk')
         runs['results'] = os.path.join(REPO, 'results', name + '_test')
@@ -64,6 +67,12 @@ def launcher_runs(tiny_data, tmp_path_factory):
         yield runs
     finally:
         remove_repo_runs(name, created)
+
+
+def _batched(proc):
+    """A ``launch_batch`` run as ``finish`` gives a process: (exit code, stdout, stderr); the batch merges both
+    streams, so all of it is read as stderr (where basicsr logs)."""
+    return proc.returncode, '', proc.stdout
 
 
 def _ok(run):
@@ -156,11 +165,15 @@ def test_sigkill_then_auto_resume_matches_uninterrupted_run(tiny_data, tmp_path,
     saved = max(int(f[:-6]) for f in os.listdir(states) if f.endswith('.state'))
     stop = saved + 4  # compare the four iterations after the resume point
 
-    resumed = start(train + [killed_yml, '--auto_resume', '--force_yml', f'train:total_iter={stop}'], tmp_path,
-                    tmp_path / 'resumed')
-    reference = start(train + [reference_yml, '--force_yml', f'train:total_iter={stop}'], tmp_path,
-                      tmp_path / 'reference')
-    resumed_out, reference_out = _ok(finish(resumed))[0], _ok(finish(reference))[0]
+    # the resume and the uninterrupted reference run one after the other in one interpreter (``launch_batch``),
+    # with the victim's thread count
+    batch = tmp_path / 'batch'
+    batch.mkdir()
+    resumed, reference = launch_batch([
+        (train[1:] + [killed_yml, '--auto_resume', '--force_yml', f'train:total_iter={stop}'], tmp_path),
+        (train[1:] + [reference_yml, '--force_yml', f'train:total_iter={stop}'], tmp_path)], batch, timeout=600,
+        env_extra={'OMP_NUM_THREADS': '1'})
+    resumed_out, reference_out = _ok(_batched(resumed))[0], _ok(_batched(reference))[0]
 
     assert f'Resuming training from epoch: {(saved - 1) // 10}, iter: {saved}.' in resumed_out
     after, expected = logged_iterations(resumed_out), logged_iterations(reference_out)
