@@ -7,7 +7,8 @@ import pytest
 import torch
 from basicsr.data import build_dataset
 from basicsr.models import build_model
-from conftest import base_options, expect_error, load_option_file, logged_iterations, train_module, write_options
+from conftest import (base_options, expect_error, launch_batch, load_option_file, logged_iterations, module_train,
+                      write_options)
 
 from hinet_plugins.archs import specs
 
@@ -54,9 +55,13 @@ def test_template_trains_and_resumes_exactly_with_fixed_validation_noise(tiny_da
     validations of both runs at iterations 3 and 6 are equal (the validation noise does not depend on the run)."""
     resumed_yml = write_options(custom_denoise(tiny_data, 'resumed', 3), tmp_path / 'resumed.yml')
     straight_yml = write_options(custom_denoise(tiny_data, 'straight', 6), tmp_path / 'straight.yml')
-    first = train_module(resumed_yml, tmp_path).stdout
-    second = train_module(resumed_yml, tmp_path, '--auto_resume', '--force_yml', 'train:total_iter=6').stdout
-    straight = train_module(straight_yml, tmp_path).stdout
+    # the three launches in one interpreter, in this order (launch_batch: each its own argv and logger)
+    runs = launch_batch([(module_train(resumed_yml), tmp_path),
+                         (module_train(resumed_yml) + ['--auto_resume', '--force_yml', 'train:total_iter=6'], tmp_path),
+                         (module_train(straight_yml), tmp_path)], tmp_path)
+    for proc in runs:
+        assert proc.returncode == 0, proc.stdout[-6000:]
+    first, second, straight = (proc.stdout for proc in runs)
     assert 'Dataset [Dataset_GaussianDenoising] - Custom_clean_train is built.' in first
     assert 'Resuming training from epoch: 0, iter: 3.' in second
     after, expected = logged_iterations(second), logged_iterations(straight)

@@ -12,8 +12,8 @@ import pytest
 import scipy.io
 import yaml
 
-from conftest import (PREPARE_SCRIPT, PY, REPO, cut_short, lmdb_keys, load_script, prepare, prepare_script, run_cli,
-                      train_module, tree, write_options)
+from conftest import (PREPARE_SCRIPT, PY, REPO, cut_short, launch_batch, lmdb_keys, load_script, module_train,
+                      prepare, prepare_script, run_cli, tree, write_options)
 from conftest import photo_pair as _pair
 from conftest import write_image as _write
 
@@ -78,8 +78,9 @@ PREPARE = prepare_script()
 PLOT = load_script(os.path.join(REPO, 'scripts', 'plot_curves.py'), 'plot_curves_script')
 
 
-def train_with_repo_options(name, cwd, iters=1, gt_size=32, tensorboard=False):
-    """The repository's option file, dataset paths untouched (relative to ``cwd``), shrunk to a few CPU iterations."""
+def repo_options(name, cwd, iters=1, gt_size=32, tensorboard=False):
+    """The repository's option file, dataset paths untouched (relative to ``cwd``), shrunk to a few CPU iterations;
+    returns its training as ``launch_batch`` argv."""
     with open(os.path.join(REPO, 'options', 'train', f'HINet-{name}.yml')) as f:
         opt = yaml.safe_load(f)
     opt.update(num_gpu=0, name=f'prep_{name}')
@@ -90,15 +91,54 @@ def train_with_repo_options(name, cwd, iters=1, gt_size=32, tensorboard=False):
     opt['train']['scheduler']['T_max'] = iters
     opt['val'].update(val_freq=iters, crop_size=32)
     opt['logger'].update(print_freq=1, save_checkpoint_freq=iters, use_tb_logger=tensorboard)
-    proc = train_module(write_options(opt, os.path.join(cwd, f'{name}.yml')), cwd)
+    return module_train(write_options(opt, os.path.join(cwd, f'{name}.yml')))
+
+
+def check_training(name, cwd, proc, iters=1):
+    """The checks of one ``repo_options`` training; returns its experiment folder."""
     exp = os.path.join(cwd, 'experiments', f'prep_{name}')
     assert os.path.isfile(os.path.join(exp, 'models', f'net_g_{iters}.pth')), proc.stdout[-3000:]
     assert '# psnr:' in proc.stdout, 'validation ran on the prepared validation/test LMDB'
     return exp
 
 
-@pytest.mark.slow
-def test_sidd_prepare_train_and_plot_curves(tmp_path):
+# The prepare-and-train tests: each one's preparation and its checks (``prepare_*`` below, in-process) run in the
+# module fixture ``trained``, then the trainings of all of them in one interpreter (one start instead of four); the
+# tests check the trainings. A preparation that fails is kept for its test to raise.
+@pytest.fixture(scope='module')
+def trained(request, tmp_path_factory):
+    """{test name: (folder, {dataset: (iterations, completed training)}) or the exception of its preparation} for
+    the selected tests of ``PREPARED``."""
+    selected = {getattr(item, 'originalname', None) for item in request.session.items if item.module is request.module}
+    results, runs = {}, []
+    for test, steps in PREPARED.items():
+        if test not in selected:
+            continue
+        folder = tmp_path_factory.mktemp('prepared')
+        try:
+            trainings = steps(folder)
+        except Exception as exc:  # noqa: BLE001  (raised again by the test)
+            results[test] = exc
+            continue
+        results[test] = (folder, trainings)
+        runs += [(test, name, (repo_options(name, folder, **kw), folder)) for name, kw in trainings.items()]
+    done = launch_batch([run for _, _, run in runs], tmp_path_factory.mktemp('batch'),
+                        timeout=300 + 120 * len(runs)) if runs else []
+    for (test, name, _), proc in zip(runs, done):
+        results[test][1][name] = (results[test][1][name].get('iters', 1), proc)
+    return results
+
+
+def trained_experiments(trained, test):
+    """(folder, {dataset: experiment folder}) of ``test``, its trainings checked."""
+    if isinstance(trained[test], Exception):
+        raise trained[test]
+    folder, trainings = trained[test]
+    return folder, {name: check_training(name, folder, proc, iters) for name, (iters, proc) in trainings.items()}
+
+
+def prepare_sidd(tmp_path):
+    """test_sidd_prepare_train_and_plot_curves's preparation and its checks; {dataset: training settings}."""
     make_sidd(tmp_path / 'datasets' / 'SIDD')
     out = prepare(tmp_path, 'sidd', '--crop-size', '48', '--step', '32')[1]
     sidd = tmp_path / 'datasets' / 'SIDD'
@@ -128,8 +168,14 @@ def test_sidd_prepare_train_and_plot_curves(tmp_path):
     prepare(tmp_path, 'sidd', '--crop-size', '48', '--step', '48', '--splits', 'train', '--force')
     assert len(lmdb_keys(sidd / 'train' / 'gt_crops.lmdb')) == 8  # rows 0, 24; columns 0, 40
     assert not [p for p in os.listdir(sidd / 'train') if p.startswith('.partial')]
+    return {'SIDD': dict(iters=2, tensorboard=True)}
 
-    exp = train_with_repo_options('SIDD', tmp_path, iters=2, tensorboard=True)
+
+@pytest.mark.slow
+def test_sidd_prepare_train_and_plot_curves(trained):
+    """SIDD crops (prepared, re-run, rebuilt) train HINet-SIDD.yml; plot_curves.py reads its log and events."""
+    tmp_path, exps = trained_experiments(trained, 'test_sidd_prepare_train_and_plot_curves')
+    exp = exps['SIDD']
     png = tmp_path / 'curves.png'
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -146,8 +192,8 @@ def test_sidd_prepare_train_and_plot_curves(tmp_path):
     assert cv2.imread(str(png)).shape[1] > 500
 
 
-@pytest.mark.slow
-def test_gopro_and_reds_prepare_and_train(tmp_path):
+def prepare_gopro_and_reds(tmp_path):
+    """test_gopro_and_reds_prepare_and_train's preparations and their checks (both before the trainings)."""
     make_gopro(tmp_path / 'datasets' / 'GoPro')
     prepare(tmp_path, 'gopro', '--crop-size', '48', '--step', '32')
     gopro = tmp_path / 'datasets' / 'GoPro'
@@ -156,7 +202,6 @@ def test_gopro_and_reds_prepare_and_train(tmp_path):
     assert lmdb_keys(gopro / 'test' / 'input.lmdb') == ['GOPR0384_11_00-000000', 'GOPR0384_11_00-000001']
     with open(gopro / 'test' / 'target.lmdb' / 'meta_info.txt') as f:
         assert '(64,72,3)' in f.readline(), 'test images are stored full size'
-    train_with_repo_options('GoPro', tmp_path)
 
     make_reds(tmp_path / 'datasets' / 'REDS')
     prepare(tmp_path, 'reds', '--crop-size', '48', '--step', '16')
@@ -165,11 +210,18 @@ def test_gopro_and_reds_prepare_and_train(tmp_path):
     # REDS-val-300: only frames whose number ends in 9
     assert lmdb_keys(reds / 'val' / 'sharp_300.lmdb') == ['000_00000009', '001_00000009']
     assert lmdb_keys(reds / 'val' / 'blur_300.lmdb') == ['000_00000009', '001_00000009']
-    train_with_repo_options('REDS', tmp_path)
+    return {'GoPro': {}, 'REDS': {}}
 
 
 @pytest.mark.slow
-def test_rain13k_prepare_and_train(tmp_path):
+def test_gopro_and_reds_prepare_and_train(trained):
+    """HINet-GoPro.yml and HINet-REDS.yml train and validate on the prepared LMDBs."""
+    _, exps = trained_experiments(trained, 'test_gopro_and_reds_prepare_and_train')
+    assert set(exps) == {'GoPro', 'REDS'}
+
+
+def prepare_rain13k(tmp_path):
+    """test_rain13k_prepare_and_train's preparation and its checks."""
     root = tmp_path / 'datasets' / 'Rain13k'
     make_rain13k(root)
     code, msg = prepare(tmp_path, 'rain13k', check=False)  # default: all five test sets, three are missing here
@@ -180,7 +232,19 @@ def test_rain13k_prepare_and_train(tmp_path):
     prepare(tmp_path, 'rain13k', '--sets', 'Rain100H,Test100')
     assert lmdb_keys(root / 'train' / 'input.lmdb') == ['1', '2', '3']
     assert lmdb_keys(root / 'test' / 'Test100' / 'target.lmdb') == ['rain-000', 'rain-001']
-    train_with_repo_options('Rain13k', tmp_path)
+    return {'Rain13k': {}}
+
+
+@pytest.mark.slow
+def test_rain13k_prepare_and_train(trained):
+    """HINet-Rain13k.yml trains and validates on the prepared LMDBs (two test sets)."""
+    _, exps = trained_experiments(trained, 'test_rain13k_prepare_and_train')
+    assert set(exps) == {'Rain13k'}
+
+
+PREPARED = {'test_sidd_prepare_train_and_plot_curves': prepare_sidd,
+            'test_gopro_and_reds_prepare_and_train': prepare_gopro_and_reds,
+            'test_rain13k_prepare_and_train': prepare_rain13k}
 
 
 @pytest.mark.slow
@@ -256,10 +320,11 @@ def test_gopro_large_layout_reruns_and_force(tmp_path):
     assert len(keys['train/sharp_crops.lmdb']) == 16 and keys['train/blur_crops.lmdb'] == keys['train/sharp_crops.lmdb']
     assert keys['test/input.lmdb'] == ['GOPR0384_11_00_000000', 'GOPR0384_11_00_000001']
     snapshot = tree(root)
-    rerun = run_cli(cmd, tmp_path)
-    assert rerun.stdout.count('up to date') == 2 and tree(root) == snapshot, rerun.stdout
-    forced = run_cli(cmd + ['--force'], tmp_path)
-    assert forced.stdout.count('wrote') == 2, forced.stdout
+    # the literal command once, the re-run and --force in-process (same main, imports paid once)
+    rerun = prepare(tmp_path, *cmd[2:-1])[1]
+    assert rerun.count('up to date') == 2 and tree(root) == snapshot, rerun
+    forced = prepare(tmp_path, *cmd[2:-1], '--force')[1]
+    assert forced.count('wrote') == 2, forced
     assert {out: lmdb_keys(root / out) for out in GOPRO_OUTPUTS} == keys
     assert set(tree(root)) == set(snapshot), 'same names after --force: nothing left aside or half-written'
     # new settings with --force: a clean rebuild, twice in a row

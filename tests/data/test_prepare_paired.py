@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from conftest import PREPARE_SCRIPT as SCRIPT
-from conftest import PY, REPO, cut_short, lmdb_keys, prepare, run_cli, train_module, tree, write_options
+from conftest import (PY, REPO, cut_short, launch_batch, lmdb_keys, module_train, prepare, run_cli, tree,
+                      write_options)
 from conftest import photo_pair as _pair
 from conftest import write_image as _write
 
@@ -32,7 +33,23 @@ def test_paired_prepare_is_idempotent_and_the_custom_template_trains_on_it(tmp_p
     make_user_folders(tmp_path / 'my_data')
     cmd = [PY, SCRIPT, 'paired', '--gt', 'my_data/clean', '--lq', 'my_data/noisy', '--name', 'Custom', '--crop', '48',
            '--step', '32', '--val-count', '2', '--no-progress']
-    out = run_cli(cmd, tmp_path).stdout
+    # the template, unchanged apart from size and length: its dataset paths are the ones the command writes
+    with open(os.path.join(REPO, 'options', 'train', 'Custom-HINet.yml')) as f:
+        opt = yaml.safe_load(f)
+    assert opt['datasets']['train']['dataroot_gt'] == 'datasets/Custom/train/gt.lmdb'
+    opt['num_gpu'] = 0
+    opt['network_g'].update(wf=8, depth=3, hin_position_right=2)
+    opt['datasets']['train'].update(gt_size=32, batch_size_per_gpu=2, num_worker_per_gpu=0)
+    opt['train'].update(total_iter=2)
+    opt['train']['scheduler']['T_max'] = 2
+    opt['val'].update(val_freq=2, crop_size=32)
+    opt['logger'].update(print_freq=1, save_checkpoint_freq=2, use_tb_logger=False)
+    # the script file with its command line, then the training on what it wrote, in one interpreter (launch_batch);
+    # the re-run and the rebuilds below (in-process) end with the same LMDBs the training read
+    prepared, proc = launch_batch([(cmd[1:], tmp_path), (module_train(write_options(opt, tmp_path / 'custom.yml')),
+                                                         tmp_path)], tmp_path)
+    assert prepared.returncode == 0, prepared.stdout[-3000:]
+    out = prepared.stdout
     custom = tmp_path / 'datasets' / 'Custom'
     # 6 sorted pairs, 2 held out evenly: indices floor(0.5 * 3) = 1 and floor(1.5 * 3) = 4
     assert lmdb_keys(custom / 'val' / 'gt.lmdb') == ['IMG_0001', 'IMG_0004'] == lmdb_keys(custom / 'val' / 'lq.lmdb')
@@ -45,7 +62,7 @@ def test_paired_prepare_is_idempotent_and_the_custom_template_trains_on_it(tmp_p
         assert f.readline().split()[1] == '(72,64,3)', 'validation images are whole'
     # idempotent: nothing rewritten; other settings refused without --force, rebuilt with it
     snapshot = tree(custom)
-    again = run_cli(cmd, tmp_path).stdout
+    again = prepare(tmp_path, *cmd[2:-1])[1]
     assert again.count('up to date') == 2 and tree(custom) == snapshot
     same = [*cmd[2:9], '--val-count', '2']
     code, msg = prepare(tmp_path, *same, '--crop', '64', '--step', '64', check=False)
@@ -55,18 +72,6 @@ def test_paired_prepare_is_idempotent_and_the_custom_template_trains_on_it(tmp_p
     prepare(tmp_path, *same, '--crop', '48', '--step', '32', '--force')
     assert lmdb_keys(custom / 'train' / 'gt.lmdb') == train
 
-    # the template, unchanged apart from size and length: its dataset paths are the ones just written
-    with open(os.path.join(REPO, 'options', 'train', 'Custom-HINet.yml')) as f:
-        opt = yaml.safe_load(f)
-    assert opt['datasets']['train']['dataroot_gt'] == 'datasets/Custom/train/gt.lmdb'
-    opt['num_gpu'] = 0
-    opt['network_g'].update(wf=8, depth=3, hin_position_right=2)
-    opt['datasets']['train'].update(gt_size=32, batch_size_per_gpu=2, num_worker_per_gpu=0)
-    opt['train'].update(total_iter=2)
-    opt['train']['scheduler']['T_max'] = 2
-    opt['val'].update(val_freq=2, crop_size=32)
-    opt['logger'].update(print_freq=1, save_checkpoint_freq=2, use_tb_logger=False)
-    proc = train_module(write_options(opt, tmp_path / 'custom.yml'), tmp_path)
     assert os.path.isfile(tmp_path / 'experiments' / 'Custom-HINet' / 'models' / 'net_g_2.pth'), proc.stdout[-3000:]
     assert 'Validation Custom_val' in proc.stdout and '# psnr:' in proc.stdout and '# ssim:' in proc.stdout
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from basicsr.models import build_model
 
-from conftest import base_options, train_module, write_options
+from conftest import base_options, launch_batch, module_train, write_options
 from hinet_plugins.errors import ConfigError
 
 
@@ -56,13 +56,18 @@ def test_bad_value_is_a_config_error():
 def test_launcher_counts_optimizer_steps(tiny_data, tmp_path):
     """Through ``python -m hinet_plugins.train``: batch 4 with 2 micro-batches trains the same weights as batch
     4 in one go; iterations, checkpoints and the log count optimizer steps."""
-    results = {}
+    # both trainings in one interpreter (launch_batch), then the checks of each
+    paths = {}
     for accumulate in (1, 2):
         opt = base_options(tiny_data, name=f'acc{accumulate}', total_iter=2)
         opt['train']['accumulate_grad_batches'] = accumulate
         opt['train']['optim_g'] = {'type': 'SGD', 'lr': 0.05, 'momentum': 0.9}
-        path = write_options(opt, tmp_path / f'acc{accumulate}.yml')
-        log = train_module(path, tmp_path).stdout
+        paths[accumulate] = write_options(opt, tmp_path / f'acc{accumulate}.yml')
+    procs = launch_batch([(module_train(paths[accumulate]), tmp_path) for accumulate in (1, 2)], tmp_path)
+    results = {}
+    for accumulate, proc in zip((1, 2), procs):
+        log = proc.stdout
+        assert proc.returncode == 0, log[-6000:]
         models = os.path.join(tmp_path, 'experiments', f'acc{accumulate}', 'models')
         assert sorted(os.listdir(models)) == ['net_g_2.pth', 'net_g_latest.pth'], os.listdir(models)
         assert 'iter:2,' in log.replace(' ', ''), log[-3000:]

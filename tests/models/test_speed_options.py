@@ -1,20 +1,19 @@
 """Speed switches (``models/speed.py``) through option files: each gives the plain fp32 run's losses/metrics.
 
 One fp32 reference run and runs with the switches (tiny HINet, 4 iterations, validation with and without TLC),
-launched in parallel with ``python -m hinet_plugins.train``. Reference reading of "correct": channels_last,
-gradient checkpointing and compilation (aot_eager backend: inductor needs minutes of C++ compilation on this
-CPU) reproduce every logged fp32 loss and PSNR to basicsr's printed precision; bf16 changes them (so autocast
-did act) by less than 0.05 dB. The compile fallback is tested in-process with a compiler that fails.
+launched with ``python -m hinet_plugins.train`` one after the other in one interpreter. Reference reading of
+"correct": channels_last, gradient checkpointing and compilation (aot_eager backend: inductor needs minutes of C++
+compilation on this CPU) reproduce every logged fp32 loss and PSNR to basicsr's printed precision; bf16 changes them
+(so autocast did act) by less than 0.05 dB. The compile fallback is tested in-process with a compiler that fails.
 """
 import os
 import re
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
 import pytest
 import torch
-from conftest import PY, REPO, base_options, run_cli, write_options
+from conftest import PY, REPO, base_options, launch_batch, module_train, write_options
 
 from basicsr.archs import build_network
 from basicsr.models import build_model
@@ -48,17 +47,19 @@ def _options(data, name, change):
 def runs(tiny_data, tmp_path_factory):
     """{name: (process, {iteration: loss}, {dataset: psnr}, work dir)} for every entry of RUNS."""
     root = tmp_path_factory.mktemp('speed')
-
-    def launch(name):
+    # one interpreter for the four runs, one after the other (launch_batch: each its own argv, folder and logger)
+    launches = []
+    for name in RUNS:
         cwd = root / name
         path = write_options(_options(tiny_data, name, RUNS[name]), cwd / f'{name}.yml')
-        proc = run_cli([PY, '-m', 'hinet_plugins.train', '-opt', path], cwd,
-                       env_extra={'PYTHONPATH': REPO, 'OMP_NUM_THREADS': '1'})
+        launches.append((module_train(path), cwd))
+    done = launch_batch(launches, root, env_extra={'OMP_NUM_THREADS': '1'})
+    results = {}
+    for name, proc, (_, cwd) in zip(RUNS, done, launches):
+        assert proc.returncode == 0, f'{name} failed ({proc.returncode}):\n{proc.stdout[-6000:]}'
         losses = {int(i.replace(',', '')): float(v) for i, v in ITER.findall(proc.stdout)}
-        return name, (proc, losses, dict(VAL.findall(proc.stdout)), cwd)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(pool.map(launch, RUNS))
+        results[name] = (proc, losses, dict(VAL.findall(proc.stdout)), cwd)
+    return results
 
 
 def _assert_like_fp32(runs, name, loss_tol, psnr_tol):

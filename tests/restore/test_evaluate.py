@@ -5,6 +5,7 @@ import glob
 import os
 import re
 import shutil
+import subprocess
 import uuid
 
 import cv2
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PY, REPO, run_cli, write_options
+from conftest import PY, REPO, call_main, load_script, run_cli, write_options
 from hinet_plugins.demo.data import degrade, load_photo
 
 SCRIPT = os.path.join(REPO, 'scripts', 'evaluate.py')
@@ -40,6 +41,13 @@ def evaluate(cwd, *args, check=True):
     return run_cli([PY, SCRIPT, *args], cwd, check=check)
 
 
+def evaluate_in_process(*args):
+    """``scripts/evaluate.py ARGS`` through its main in this process, as a CompletedProcess (output merged)."""
+    code, out = call_main(load_script(SCRIPT, 'evaluate_script').main, list(args))
+    assert code == 0, out[-6000:]
+    return subprocess.CompletedProcess(args, code, out)
+
+
 METRICS = {
     'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
     'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False},
@@ -49,7 +57,7 @@ METRICS = {
 
 
 @pytest.mark.slow
-def test_evaluate_equals_basicsr_validation_on_the_saved_images(tmp_path):
+def test_evaluate_equals_basicsr_validation_on_the_saved_images(tmp_path, monkeypatch):
     """``python basicsr/test.py`` (save_img) on three pairs logs the mean metrics; ``scripts/evaluate.py`` on the
     PNGs it saved gives the same means (RGB without crop, and Y with a 4-pixel border)."""
     from basicsr.archs import build_network
@@ -78,8 +86,10 @@ def test_evaluate_equals_basicsr_validation_on_the_saved_images(tmp_path):
         if created and os.path.isdir(os.path.join(REPO, 'results')) and not os.listdir(os.path.join(REPO, 'results')):
             os.rmdir(os.path.join(REPO, 'results'))
 
-    rgb = evaluate(tmp_path, '--restored', 'restored', '--gt', gt_dir, '--csv', 'rgb.csv')
-    y = evaluate(tmp_path, '--restored', 'restored', '--gt', gt_dir, '--y', '--crop-border', '4', '--csv', 'y.csv')
+    # evaluate.py's main in-process (test_mistake_through_the_command_line runs the literal command)
+    monkeypatch.chdir(tmp_path)
+    rgb = evaluate_in_process('--restored', 'restored', '--gt', gt_dir, '--csv', 'rgb.csv')
+    y = evaluate_in_process('--restored', 'restored', '--gt', gt_dir, '--y', '--crop-border', '4', '--csv', 'y.csv')
     for out, csv_name, psnr_key, ssim_key in ((rgb, 'rgb.csv', 'psnr', 'ssim'), (y, 'y.csv', 'psnr_y', 'ssim_y')):
         rows = read_csv(tmp_path / csv_name)
         assert [r['name'] for r in rows] == ['img0', 'img1', 'img2', 'mean']
