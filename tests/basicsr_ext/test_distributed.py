@@ -28,7 +28,7 @@ import uuid
 
 import pytest
 import torch
-from conftest import PY, REPO, base_options, free_port, logged_iterations, write_options
+from conftest import PY, REPO, base_options, free_port, launch_batch, logged_iterations, write_options
 
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
@@ -73,19 +73,21 @@ CASES = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('arch', list(CASES))
-def test_torchrun_two_ranks_on_cpu_matches_doubled_batch(tiny_data, tmp_path, vgg19_file, arch):
-    network, losses, rtol = CASES[arch]
-    for spec in [network] + (losses or []):
-        registry = ARCH_REGISTRY if spec is network else LOSS_REGISTRY
-        if spec['type'] not in registry:
-            pytest.skip(f"{spec['type']} is not registered (yet) in this checkout")
+def registered(arch):
+    """Whether this checkout registers the network and the losses of ``CASES[arch]``."""
+    network, losses, _ = CASES[arch]
+    return all(spec['type'] in (ARCH_REGISTRY if spec is network else LOSS_REGISTRY)
+               for spec in [network] + (losses or []))
+
+
+def case_options(tiny_data, vgg19_file, arch, folder):
+    """The option files of one case: {'name': run name, 'dist': 2 ranks x 4, 'single': 1 process x 8}."""
+    network, losses, _ = CASES[arch]
     losses = [dict(s, vgg_weights=vgg19_file) if 'vgg_weights' in s else s for s in losses or []]
     name = f'pytest_dist_{arch}_{uuid.uuid4().hex[:8]}'
     resume = arch == 'HINet'  # HINet also stops the 2-rank run at 4 and resumes it (--auto_resume) to 6
     total = 6 if resume else 4
-    opts = {}
+    opts = {'name': name}
     for run, batch in (('dist', 4), ('single', 8)):
         opt = base_options(tiny_data, name=f'{name}_{run}', network=network, total_iter=total)
         opt['datasets']['train'].update(gt_size=64, use_hflip=False, use_rot=False, batch_size_per_gpu=batch)
@@ -96,7 +98,47 @@ def test_torchrun_two_ranks_on_cpu_matches_doubled_batch(tiny_data, tmp_path, vg
             opt['train']['losses'] = losses
         opt['logger']['save_checkpoint_freq'] = 2
         opt['val'].update(val_freq=4, save_img=True, suffix=None)
-        opts[run] = write_options(opt, tmp_path / f'{run}.yml')
+        opts[run] = write_options(opt, folder / f'{run}.yml')
+    return opts
+
+
+TORCHRUN_TEST = 'test_torchrun_two_ranks_on_cpu_matches_doubled_batch'
+
+
+@pytest.fixture(scope='module')
+def single_runs(request, tiny_data, vgg19_file, tmp_path_factory):
+    """The single-process references of the selected cases (``python basicsr/train.py -opt single.yml`` from the
+    repository root, one thread), all in one interpreter (``launch_batch``: one start-up instead of one per case),
+    before any 2-rank run: {arch: (option files, completed run)}; their experiment folders are removed afterwards."""
+    selected = [item.callspec.params['arch'] for item in request.session.items
+                if getattr(item, 'originalname', None) == TORCHRUN_TEST and item.module is request.module]
+    cases = {}
+    for arch in selected:
+        if registered(arch):
+            cases[arch] = case_options(tiny_data, vgg19_file, arch, tmp_path_factory.mktemp(f'dist_{arch}'))
+    try:
+        done = launch_batch([(['basicsr/train.py', '-opt', opts['single']], REPO) for opts in cases.values()],
+                            tmp_path_factory.mktemp('single_runs'), timeout=500 * max(len(cases), 1),
+                            env_extra={'OMP_NUM_THREADS': '1'}) if cases else []
+        yield {arch: (cases[arch], proc) for arch, proc in zip(cases, done)}
+    finally:
+        for opts in cases.values():
+            shutil.rmtree(os.path.join(REPO, 'experiments', f"{opts['name']}_single"), ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arch', list(CASES))
+def test_torchrun_two_ranks_on_cpu_matches_doubled_batch(tmp_path, single_runs, arch):
+    network, losses, rtol = CASES[arch]
+    for spec in [network] + (losses or []):
+        registry = ARCH_REGISTRY if spec is network else LOSS_REGISTRY
+        if spec['type'] not in registry:
+            pytest.skip(f"{spec['type']} is not registered (yet) in this checkout")
+    # the single process on the doubled batch ran beforehand (``single_runs``, one interpreter for every case)
+    opts, single = single_runs[arch]
+    name = opts['name']
+    resume = arch == 'HINet'  # HINet also stops the 2-rank run at 4 and resumes it (--auto_resume) to 6
+    total = 6 if resume else 4
 
     hook_dir = tmp_path / 'hook'
     hook_dir.mkdir()
@@ -111,14 +153,11 @@ def test_torchrun_two_ranks_on_cpu_matches_doubled_batch(tiny_data, tmp_path, vg
         return subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=500)
 
-    single_env = dict(env, HINET_TEST_TRACE='')
+    single_out = single.stdout
     try:
-        single = subprocess.Popen([PY, 'basicsr/train.py', '-opt', opts['single']], cwd=REPO, env=single_env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         dists = [torchrun('--force_yml', 'train:total_iter=4') if resume else torchrun()]
         if resume and dists[0].returncode == 0:
             dists.append(torchrun('--auto_resume'))
-        single_out = single.communicate(timeout=500)[0]
         exp_dir = os.path.join(REPO, 'experiments', f'{name}_dist')
         log = ''.join(open(os.path.join(exp_dir, f)).read() for f in sorted(os.listdir(exp_dir))
                       if f.startswith('train_') and f.endswith('.log'))
