@@ -3,6 +3,7 @@ its own folder (no shared filesystem: each writes under its own working folder, 
 slurm's variables with a stand-in ``scontrol``, a run started from another folder, offline wandb. Every command
 has a time bound and must end by itself within it."""
 import glob
+import importlib.util
 import os
 import shutil
 import signal
@@ -13,7 +14,8 @@ import time
 
 import pytest
 
-from conftest import PY, REPO, base_options, free_port, logged_iterations, remove_repo_runs, write_options
+from conftest import (PY, REPO, base_options, free_port, launch_batch, logged_iterations, remove_repo_runs,
+                      write_options)
 
 pytestmark = pytest.mark.slow
 BOUND = 240  # seconds any one command may take here
@@ -98,15 +100,49 @@ def assert_same_losses(got, want, iters):
             assert abs(a - b) <= 2e-4 * max(abs(b), 1e-3), (it, key, a, b)
 
 
-def test_two_nodes_without_shared_storage(tiny_data, tmp_path):
+@pytest.fixture(scope='module')
+def single_runs(request, tiny_data, tmp_path_factory):
+    """The one-process launches of the selected tests below, all in one interpreter (``launch_batch``: one start-up
+    instead of four; each run with its own argv and working folder, one thread, in this order): the two-node
+    test's reference, the two launches of the run started from another folder, the offline-wandb run (last: wandb
+    flushes its file at the interpreter's exit at the latest). The batch as a whole gets BOUND per launch.
+    Returns {key: (folder, completed run)}; the run written under the repository root is removed afterwards."""
+    wanted = {item.originalname for item in request.session.items if item.module is request.module}
+    plan = []  # (key, folder, argv)
+    if 'test_two_nodes_without_shared_storage' in wanted:
+        reference = tmp_path_factory.mktemp('reference')
+        plan.append(('reference', reference, ['-m', 'hinet_plugins.train', '-opt',
+                                              options(tiny_data, reference, 8, 400), '--force_yml',
+                                              'train:total_iter=6']))
+    name = f'pytest_elsewhere_{os.getpid()}'
+    if 'test_auto_resume_from_another_folder' in wanted:
+        folder = tmp_path_factory.mktemp('elsewhere')
+        opt = base_options(tiny_data, name=name, total_iter=4)
+        opt['logger']['save_checkpoint_freq'] = 2
+        train = [os.path.join(REPO, 'basicsr', 'train.py'), '-opt', write_options(opt, folder / 'opt.yml')]
+        elsewhere = folder / 'job_dir'
+        elsewhere.mkdir()
+        plan += [('first', folder, train + ['--force_yml', 'train:total_iter=2']),
+                 ('second', elsewhere, train + ['--auto_resume'])]
+    if 'test_offline_wandb_holds_the_losses' in wanted and importlib.util.find_spec('wandb'):
+        folder = tmp_path_factory.mktemp('wandb')
+        opt = base_options(tiny_data, name='wb', total_iter=3)
+        opt['logger'].update(use_tb_logger=True, wandb={'project': 'hinet-test', 'resume_id': None})
+        plan.append(('wandb', folder, ['-m', 'hinet_plugins.train', '-opt', write_options(opt, folder / 'opt.yml')]))
+    try:
+        done = launch_batch([(argv, folder) for _, folder, argv in plan], tmp_path_factory.mktemp('single_batch'),
+                            timeout=BOUND * len(plan), env_extra={'OMP_NUM_THREADS': '1', 'WANDB_MODE': 'offline',
+                                                                  'WANDB_SILENT': 'true'}) if plan else []
+        yield dict(zip([key for key, _, _ in plan], zip([folder for _, folder, _ in plan], done)), name=name)
+    finally:
+        remove_repo_runs(name)
+
+
+def test_two_nodes_without_shared_storage(tiny_data, tmp_path, single_runs):
     """Fresh run = one process on the doubled batch; kill -9, then --auto_resume on both nodes continues with the
     uninterrupted run's losses, whether node 1 has no files or a stale copy of the states."""
-    reference = tmp_path / 'reference'
-    reference.mkdir()
-    proc = subprocess.run([PY, '-m', 'hinet_plugins.train', '-opt', options(tiny_data, reference, 8, 400),
-                           '--force_yml', 'train:total_iter=6'], cwd=reference, env=env_for(), capture_output=True,
-                          text=True, timeout=BOUND)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference, proc = single_runs['reference']  # (``python -m hinet_plugins.train``, run in the batch)
+    assert proc.returncode == 0, proc.stdout[-3000:]
     want = logged_iterations(run_log(reference, 'multi'))
 
     nodes = [tmp_path / 'node0', tmp_path / 'node1']
@@ -204,27 +240,17 @@ def test_slurm_launcher_on_cpu_nodes(tiny_data, tmp_path):
     assert not (folders[1] / 'experiments').exists()
 
 
-def test_auto_resume_from_another_folder(tiny_data, tmp_path):
+def test_auto_resume_from_another_folder(single_runs):
     """``cd elsewhere && python /repo/basicsr/train.py -opt … --auto_resume`` finds the run under the repository
     root (where it writes), instead of archiving it and starting again."""
-    name = f'pytest_elsewhere_{os.getpid()}'
-    opt = base_options(tiny_data, name=name, total_iter=4)
-    opt['logger']['save_checkpoint_freq'] = 2
-    path = write_options(opt, tmp_path / 'opt.yml')
-    train = [PY, os.path.join(REPO, 'basicsr', 'train.py'), '-opt', path]
-    elsewhere = tmp_path / 'job_dir'
-    elsewhere.mkdir()
-    try:
-        first = subprocess.run(train + ['--force_yml', 'train:total_iter=2'], cwd=tmp_path, env=env_for(),
-                               capture_output=True, text=True, timeout=BOUND)
-        assert first.returncode == 0, first.stderr[-3000:]
-        second = subprocess.run(train + ['--auto_resume'], cwd=elsewhere, env=env_for(), capture_output=True,
-                                text=True, timeout=BOUND)
-        assert second.returncode == 0, second.stderr[-3000:]
-        log = run_log(REPO, name)
-        archived = glob.glob(os.path.join(REPO, 'experiments', f'{name}_archived_*'))
-    finally:
-        remove_repo_runs(name)
+    name = single_runs['name']
+    # both launches ran in the batch: the first from the option file's folder, the second from job_dir
+    _, first = single_runs['first']
+    elsewhere, second = single_runs['second']
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert second.returncode == 0, second.stdout[-3000:]
+    log = run_log(REPO, name)
+    archived = glob.glob(os.path.join(REPO, 'experiments', f'{name}_archived_*'))
     assert 'Resuming training from epoch: 0, iter: 2.' in log and not archived
     assert not os.listdir(elsewhere)
 
@@ -253,15 +279,10 @@ def _wandb_records(path):
     return records
 
 
-def test_offline_wandb_holds_the_losses(tiny_data, tmp_path):
+def test_offline_wandb_holds_the_losses(single_runs):
     pytest.importorskip('wandb', reason='wandb is an optional extra (pip install wandb)')
-    opt = base_options(tiny_data, name='wb', total_iter=3)
-    opt['logger'].update(use_tb_logger=True, wandb={'project': 'hinet-test', 'resume_id': None})
-    path = write_options(opt, tmp_path / 'opt.yml')
-    proc = subprocess.run([PY, '-m', 'hinet_plugins.train', '-opt', path], cwd=tmp_path,
-                          env=env_for(WANDB_MODE='offline', WANDB_SILENT='true'), capture_output=True, text=True,
-                          timeout=BOUND)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    tmp_path, proc = single_runs['wandb']  # (``python -m hinet_plugins.train``, run in the batch, WANDB_MODE=offline)
+    assert proc.returncode == 0, proc.stdout[-3000:]
     logged = logged_iterations(run_log(tmp_path, 'wb'))
     files = glob.glob(str(tmp_path / 'experiments' / 'wb' / 'wandb' / 'offline-run-*' / 'run-*.wandb'))
     assert len(files) == 1 and not (tmp_path / 'wandb').exists()
