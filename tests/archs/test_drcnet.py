@@ -1,4 +1,5 @@
 """DRCNet: DFR block, DRCNet architecture, Intra-/Extra-CR losses, option files (issue 5)."""
+import functools
 import os
 from types import SimpleNamespace
 
@@ -10,7 +11,8 @@ from basicsr.losses import build_loss
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import REPO, base_options, load_option_file, on_tiny_data, train_module, write_options
+from conftest import (REPO, base_options, launch_batch, load_option_file, module_train, on_tiny_data,
+                      write_options)
 from hinet_plugins.archs.drcnet_arch import (DFR, DFR_VARIANTS, RELEASE_DFR, EnergyAttention, MaskedRegionNorm,
                                              RegionNorm)
 from hinet_plugins.errors import ConfigError
@@ -319,13 +321,39 @@ def test_vgg_weights_errors_without_download(tmp_path, monkeypatch):
         build_loss({'type': 'IntraCRLoss', 'vgg_weights': str(bad)})
 
 
-@pytest.mark.slow
-def test_missing_vgg_weights_through_the_launcher(tiny_data, tmp_path):
+# The two launches of this module (``python -m hinet_plugins.train``: a training, a rejected command) run in one
+# interpreter (conftest.launch_batch); each test asserts on its own run (exit code and merged output).
+def launch_selected(request, plans, tmp_path_factory):
+    """The plans (test node name -> ``plan(folder) -> (argv, cwd)``) of this module's selected tests, launched in
+    one interpreter, in the order of ``plans``; returns {node name: (folder, completed run)}."""
+    chosen = {item.name for item in request.session.items if item.module is request.module}
+    names = [name for name in plans if name in chosen]
+    folders = {name: tmp_path_factory.mktemp('run') for name in names}
+    runs = [plans[name](folders[name]) for name in names]
+    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs))
+    return {name: (folders[name], proc) for name, proc in zip(names, done)}
+
+
+@pytest.fixture(scope='module')
+def launches(request, tiny_data, tmp_path_factory, vgg_file):
+    """The launches of this module's selected tests, in one interpreter (the rejected one last)."""
+    plans = {'test_drcnet_trains_with_intra_cr_from_the_shipped_option_file':
+             functools.partial(_plan_intra_cr_training, tiny_data, vgg_file),
+             'test_missing_vgg_weights_through_the_launcher': functools.partial(_plan_missing_vgg, tiny_data)}
+    return launch_selected(request, plans, tmp_path_factory)
+
+
+def _plan_missing_vgg(tiny_data, tmp_path):
     opt = base_options(tiny_data, name='drc_novgg', network={'type': 'DRCNet', 'wf': 8})
     opt['train'].pop('pixel_opt')
     opt['train']['losses'] = [{'type': 'L1Loss', 'loss_weight': 1.0},
                               {'type': 'IntraCRLoss', 'vgg_weights': 'experiments/pretrained_models/vgg19.pth'}]
-    proc = train_module(write_options(opt, tmp_path / 'o.yml'), tmp_path, check=False)
+    return module_train(write_options(opt, tmp_path / 'o.yml')), tmp_path
+
+
+@pytest.mark.slow
+def test_missing_vgg_weights_through_the_launcher(launches, request):
+    _, proc = launches[request.node.name]  # its exit code and output, as a process of its own gives them
     assert proc.returncode != 0
     assert 'train.losses[1].vgg_weights' in proc.stdout and 'does not exist' in proc.stdout
     assert 'Traceback' not in proc.stdout
@@ -346,11 +374,16 @@ def test_shipped_drcnet_option_files_pair_with_their_test_files(name):
     assert test_opt['network_g'] == net and 'test' in test_opt['datasets']
 
 
-@pytest.mark.slow
-def test_drcnet_trains_with_intra_cr_from_the_shipped_option_file(tiny_data, tmp_path, vgg_file):
+def _plan_intra_cr_training(tiny_data, vgg_file, tmp_path):
     opt = on_tiny_data(load_option_file('train', 'DRCNet-SIDD'), tiny_data, 2, gt_size=32, network={'wf': 8})
     opt['train']['pixel_opt']['vgg_weights'] = vgg_file[0]
-    proc = train_module(write_options(opt, tmp_path / 'o.yml'), tmp_path)
+    return module_train(write_options(opt, tmp_path / 'o.yml')), tmp_path
+
+
+@pytest.mark.slow
+def test_drcnet_trains_with_intra_cr_from_the_shipped_option_file(launches, request):
+    tmp_path, proc = launches[request.node.name]
+    assert proc.returncode == 0, proc.stdout[-6000:]
     assert 'l_intracr' in proc.stdout and '# psnr' in proc.stdout
     ckpt = tmp_path / 'experiments' / 'DRCNet-SIDD' / 'models' / 'net_g_latest.pth'
     assert ckpt.is_file()

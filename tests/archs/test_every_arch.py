@@ -219,6 +219,12 @@ assert detect(build_network({'type': 'Restormer', **specs()['Restormer'].tiny}).
 local = build_network({'type': 'StemFormerLocal', 'train_size': 32, **specs()['StemFormer'].tiny})
 print('new arch ok:', sorted(specs()), type(local).__name__)
 '''
+TESTS_FOLLOW = '--- the tests of this module on the copy ---'
+NEW_ARCH_TESTS = f'''
+import pytest
+print({TESTS_FOLLOW!r}, flush=True)
+sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-k', 'StemFormer and not one_new_arch', sys.argv[2]]))
+'''
 
 
 @pytest.mark.slow
@@ -239,11 +245,11 @@ def test_one_new_arch_file_is_enough(tmp_path):
     assert new.count('StemFormer') == 2 and 'stem_embed' in new
     (archs / 'stemformer_arch.py').write_text(new)
     env = dict(os.environ, PYTHONPATH=str(tmp_path), OMP_NUM_THREADS='1')
-    check = subprocess.run([sys.executable, '-c', NEW_ARCH_CHECK, str(tmp_path)], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert check.returncode == 0 and 'new arch ok' in check.stdout, check.stdout + check.stderr
-    tests = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-k',
-                            'StemFormer and not one_new_arch', here],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
-    assert '9 passed' in tests.stdout, tests.stdout[-2000:]
+    # one fresh interpreter on the user's PYTHONPATH for both steps: the check above, then this module's tests on the
+    # copy through ``pytest.main`` (as ``python -m pytest``); the output before TESTS_FOLLOW is the check's
+    run = subprocess.run([sys.executable, '-c', NEW_ARCH_CHECK + NEW_ARCH_TESTS, str(tmp_path), here], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=600)
+    check_out, marker, tests_out = run.stdout.partition(TESTS_FOLLOW)
+    assert marker and 'new arch ok' in check_out, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 0, tests_out[-3000:] + run.stderr[-2000:]
+    assert '9 passed' in tests_out, tests_out[-2000:]

@@ -1,4 +1,5 @@
 """Foundation: basicsr imports, registration, HINet architecture, PSNR loss, multi-stage model, option files."""
+import functools
 import glob
 import importlib
 import math
@@ -14,8 +15,8 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
-from conftest import (PY, REPO, base_options, batch_selected, load_option_file, module_train, on_tiny_data,
-                      train_module, write_options)
+from conftest import (PY, REPO, base_options, launch_batch, load_option_file, module_train, on_tiny_data,
+                      write_options)
 
 
 def nparams(net):
@@ -233,12 +234,52 @@ def test_grids_validation_equals_full_image_for_a_local_net():
 
 
 # ----------------------------------------------------------------------------- training through option files
+# The training launches of this module (``python -m hinet_plugins.train``) run in one interpreter
+# (conftest.launch_batch): the ``launches`` fixture writes the files of each selected test with its ``_plan_*``
+# function and launches them all; each test then asserts on its own run (its folder and merged output).
+def launch_selected(request, plans, tmp_path_factory):
+    """The plans (test node name -> ``plan(folder) -> (argv, cwd)``) of this module's selected tests, launched in
+    one interpreter, in the order of ``plans``; returns {node name: (folder, completed run)}."""
+    chosen = {item.name for item in request.session.items if item.module is request.module}
+    names = [name for name in plans if name in chosen]
+    folders = {name: tmp_path_factory.mktemp('run') for name in names}
+    runs = [plans[name](folders[name]) for name in names]
+    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs))
+    return {name: (folders[name], proc) for name, proc in zip(names, done)}
+
+
+SHIPPED = ['SIDD', 'GoPro', 'REDS', 'Rain13k']
+
+
+@pytest.fixture(scope='module')
+def launches(request, tiny_data, tmp_path_factory):
+    """The training runs of this module's selected tests, all in one interpreter."""
+    plans = {f'test_train_through_module_launcher[{kind}]': functools.partial(_plan_module_launcher, tiny_data, kind)
+             for kind in ('lmdb', 'disk')}
+    plans['test_release_style_option_file_runs'] = functools.partial(_plan_release_style, tiny_data)
+    plans['test_resume_from_a_release_training_state_and_release_log_names'] = functools.partial(_plan_resume,
+                                                                                                  tiny_data)
+    plans.update({f'test_shipped_hinet_option_files_train[{name}]': functools.partial(_plan_shipped, tiny_data, name)
+                  for name in SHIPPED})
+    return launch_selected(request, plans, tmp_path_factory)
+
+
+def _module_launcher_options(tiny_data, kind):
+    opt = base_options(tiny_data, name=f'hinet_{kind}', lmdb=kind == 'lmdb', total_iter=4)
+    opt['logger']['use_tb_logger'] = True
+    return opt
+
+
+def _plan_module_launcher(tiny_data, kind, folder):
+    return module_train(write_options(_module_launcher_options(tiny_data, kind), folder / 'o.yml')), folder
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('lmdb', [True, False], ids=['lmdb', 'disk'])
-def test_train_through_module_launcher(tiny_data, tmp_path, lmdb):
-    opt = base_options(tiny_data, name=f'hinet_{"lmdb" if lmdb else "disk"}', lmdb=lmdb, total_iter=4)
-    opt['logger']['use_tb_logger'] = True
-    proc = train_module(write_options(opt, tmp_path / 'o.yml'), tmp_path)
+def test_train_through_module_launcher(tiny_data, launches, request, lmdb):
+    opt = _module_launcher_options(tiny_data, 'lmdb' if lmdb else 'disk')
+    tmp_path, proc = launches[request.node.name]
+    assert proc.returncode == 0, proc.stdout[-6000:]
     exp = tmp_path / 'experiments' / opt['name']
     assert (exp / 'models' / 'net_g_latest.pth').is_file()
     assert (exp / 'training_states' / '4.state').is_file()
@@ -247,9 +288,7 @@ def test_train_through_module_launcher(tiny_data, tmp_path, lmdb):
     assert 'l_psnr' in proc.stdout and '# psnr' in proc.stdout
 
 
-@pytest.mark.slow
-def test_release_style_option_file_runs(tiny_data, tmp_path):
-    """A file written the way the HINet release writes them: use_flip, grids, TrueCosineAnnealingLR, PSNRLoss."""
+def _plan_release_style(tiny_data, tmp_path):
     text = f"""
 name: GoPro-HINet
 model_type: ImageRestorationModel
@@ -299,33 +338,33 @@ dist_params: {{backend: nccl, port: 29500}}
 """
     path = tmp_path / 'release.yml'
     path.write_text(text)
-    proc = train_module(str(path), tmp_path)
+    return module_train(path), tmp_path
+
+
+@pytest.mark.slow
+def test_release_style_option_file_runs(launches, request):
+    """A file written the way the HINet release writes them: use_flip, grids, TrueCosineAnnealingLR, PSNRLoss."""
+    tmp_path, proc = launches[request.node.name]
+    assert proc.returncode == 0, proc.stdout[-6000:]
     assert 'Model [ImageRestorationModel] is created' in proc.stdout
     assert (tmp_path / 'experiments' / 'GoPro-HINet' / 'models' / 'net_g_latest.pth').is_file()
     assert '# psnr' in proc.stdout  # the final validation ran through the grids path
 
 
-def _shipped_run(name, folder, tiny_data):
+def _plan_shipped(tiny_data, name, folder):
     opt = on_tiny_data(load_option_file('train', f'HINet-{name}'), tiny_data, 2, gt_size=48, network={'wf': 8})
     opt['val']['crop_size'] = 64
-    return module_train(write_options(opt, folder / 'o.yml'))
-
-
-@pytest.fixture(scope='module')
-def shipped_runs(request, tiny_data, tmp_path_factory):
-    """The selected shipped HINet files on the tiny data, all trained in one interpreter."""
-    return batch_selected(request, 'test_shipped_hinet_option_files_train', 'name',
-                          lambda name, folder: _shipped_run(name, folder, tiny_data), tmp_path_factory)
+    return module_train(write_options(opt, folder / 'o.yml')), folder
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['SIDD', 'GoPro', 'REDS', 'Rain13k'])
-def test_shipped_hinet_option_files_train(shipped_runs, name):
+@pytest.mark.parametrize('name', SHIPPED)
+def test_shipped_hinet_option_files_train(launches, request, name):
     with open(os.path.join(REPO, 'options', 'train', f'HINet-{name}.yml')) as f:
         opt = yaml.safe_load(f)
     assert opt['network_g']['wf'] == 64  # the recipe itself (the release's) is checked in test_recipes.py
     assert opt['datasets']['train']['batch_size_per_gpu'] * 8 == 64
-    folder, proc = shipped_runs[name]
+    folder, proc = launches[request.node.name]
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert (folder / 'experiments' / f'HINet-{name}' / 'models' / 'net_g_latest.pth').is_file()
     with open(os.path.join(REPO, 'options', 'test', f'HINet-{name}.yml')) as f:
@@ -357,23 +396,40 @@ def release_training_state(net, optim_opt, sched_opt, iters, seed=0):
     return {'epoch': 0, 'iter': iters, 'optimizers': [optim_state], 'schedulers': [sched.state_dict()]}
 
 
-@pytest.mark.slow
-def test_resume_from_a_release_training_state_and_release_log_names(tiny_data, tmp_path):
-    """A training state in the HINet release's format -> path.resume_state -> the run continues from its optimizer
-    (Adam's step count and moments) and scheduler; the log carries the releases' ``l_pix``."""
-    opt = on_tiny_data(load_option_file('train', 'HINet-SIDD'), tiny_data, total_iter=4, gt_size=32,
-                       network={'wf': 8, 'depth': 3, 'hin_position_right': 2})
+
+
+def _resume_options(tiny_data):
+    return on_tiny_data(load_option_file('train', 'HINet-SIDD'), tiny_data, total_iter=4, gt_size=32,
+                        network={'wf': 8, 'depth': 3, 'hin_position_right': 2})
+
+
+def _plan_resume(tiny_data, tmp_path):
+    """A network and its training state after 2 iterations, as the release writes them; the run resumes there."""
+    opt = _resume_options(tiny_data)
     exp = tmp_path / 'experiments' / opt['name']
     (exp / 'models').mkdir(parents=True)
     (exp / 'training_states').mkdir()
     net = build_network(opt['network_g'])
     state = release_training_state(net, opt['train']['optim_g'], opt['train']['scheduler'], iters=2)
-    assert len(state['optimizers'][0]['param_groups']) == 2
     torch.save({'params': net.state_dict()}, exp / 'models' / 'net_g_2.pth')
     torch.save(state, exp / 'training_states' / '2.state')
-    assert torch.load(exp / 'training_states' / '2.state', weights_only=True)['iter'] == 2  # plain tensors only
     opt['path']['resume_state'] = str(exp / 'training_states' / '2.state')
-    log = train_module(write_options(opt, tmp_path / 'o.yml'), tmp_path).stdout
+    return module_train(write_options(opt, tmp_path / 'o.yml')), tmp_path
+
+
+@pytest.mark.slow
+def test_resume_from_a_release_training_state_and_release_log_names(tiny_data, launches, request):
+    """A training state in the HINet release's format -> path.resume_state -> the run continues from its optimizer
+    (Adam's step count and moments) and scheduler; the log carries the releases' ``l_pix``."""
+    opt = _resume_options(tiny_data)
+    tmp_path, proc = launches[request.node.name]
+    exp = tmp_path / 'experiments' / opt['name']
+    net = build_network(opt['network_g'])
+    state = torch.load(exp / 'training_states' / '2.state', weights_only=True)  # as written before the launch
+    assert len(state['optimizers'][0]['param_groups']) == 2
+    assert state['iter'] == 2  # plain tensors only (weights_only)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    log = proc.stdout
     assert 'Resuming training from epoch: 0, iter: 2' in log
     sched = opt['train']['scheduler']
     base, low = opt['train']['optim_g']['lr'], sched['eta_min']

@@ -1,5 +1,6 @@
 """MPRNet: release-compatible parameters, stage outputs, losses, option files, checkpoint loading, MACs."""
 import copy
+import functools
 import os
 import re
 
@@ -11,7 +12,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from scipy.ndimage import correlate
 
-from conftest import (PY, REPO, assert_stage_order, base_options, batch_selected, module_train, on_tiny_data, run_cli,
+from conftest import (REPO, assert_stage_order, base_options, launch_batch, module_train, on_tiny_data,
                       write_options)
 from hinet_plugins.errors import ConfigError
 
@@ -26,13 +27,6 @@ def mprnet(**kw):
 def shipped(kind, task):
     with open(os.path.join(REPO, 'options', kind, f'MPRNet-{task}.yml')) as f:
         return yaml.safe_load(f)
-
-
-def launch(mode, opt_path, cwd):
-    """``python -m hinet_plugins.<mode> -opt ...`` with one intra-op thread: the tiny nets here run many small
-    convs, for which a second OpenMP thread only adds spin-waiting (30x slower on a busy 2-core machine)."""
-    return run_cli([PY, '-m', f'hinet_plugins.{mode}', '-opt', opt_path], cwd,
-                   env_extra={'PYTHONPATH': REPO, 'OMP_NUM_THREADS': '1'})
 
 
 def build_in_process(opt, is_train):
@@ -195,26 +189,44 @@ def tiny_options(opt, data, total_iter=2):
     return on_tiny_data(opt, data, total_iter, gt_size=48, network=TINY)
 
 
+# The launches of this module (``python -m hinet_plugins.train`` on each shipped file, ``python -m hinet_plugins.test``
+# on a release checkpoint) run in one interpreter (conftest.launch_batch), with one intra-op thread: the tiny nets
+# here run many small convs, for which a second OpenMP thread only adds spin-waiting (30x slower on a busy 2-core
+# machine). Each test asserts on its own run (exit code and merged output).
+def launch_selected(request, plans, tmp_path_factory, env_extra=None):
+    """The plans (test node name -> ``plan(folder) -> (argv, cwd)``) of this module's selected tests, launched in
+    one interpreter, in the order of ``plans``; returns {node name: (folder, completed run)}."""
+    chosen = {item.name for item in request.session.items if item.module is request.module}
+    names = [name for name in plans if name in chosen]
+    folders = {name: tmp_path_factory.mktemp('run') for name in names}
+    runs = [plans[name](folders[name]) for name in names]
+    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs), env_extra=env_extra)
+    return {name: (folders[name], proc) for name, proc in zip(names, done)}
+
+
 @pytest.fixture(scope='module')
-def shipped_runs(request, tiny_data, tmp_path_factory):
-    """The selected shipped MPRNet files on the tiny data, all trained in one interpreter (one intra-op thread, as
-    ``launch``)."""
-    def prepare(task, folder):
-        return module_train(write_options(tiny_options(shipped('train', task), tiny_data), folder / 'o.yml'))
-    return batch_selected(request, 'test_shipped_option_files_train', 'task', prepare, tmp_path_factory,
-                          env_extra={'OMP_NUM_THREADS': '1'})
+def launches(request, tiny_data, tmp_path_factory):
+    """The launches of this module's selected tests, all in one interpreter."""
+    plans = {f'test_shipped_option_files_train[{task}]': functools.partial(_plan_shipped, tiny_data, task)
+             for task in PRESETS}
+    plans['test_release_checkpoint_through_test_cli'] = functools.partial(_plan_test_cli, tiny_data)
+    return launch_selected(request, plans, tmp_path_factory, env_extra={'OMP_NUM_THREADS': '1'})
+
+
+def _plan_shipped(tiny_data, task, folder):
+    return module_train(write_options(tiny_options(shipped('train', task), tiny_data), folder / 'o.yml')), folder
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('task', PRESETS)
-def test_shipped_option_files_train(shipped_runs, task):
+def test_shipped_option_files_train(launches, request, task):
     opt = shipped('train', task)
     train = opt['train']
     ds = opt['datasets']['train']  # the recipe itself (the release's) is checked in test_recipes.py
     assert ds['batch_size_per_gpu'] * 8 == 16 and ds['use_hflip'] and ds['use_rot']
     assert opt['val']['metrics']['psnr']['test_y_channel'] == (task == 'Rain13k')
     assert bool(train.get('loss_on_clamped')) == (task == 'SIDD')
-    folder, proc = shipped_runs[task]
+    folder, proc = launches[request.node.name]
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert (folder / 'experiments' / f'MPRNet-{task}' / 'models' / 'net_g_latest.pth').is_file()
     assert 'l_charbonnier' in proc.stdout and ('l_edge' in proc.stdout) == (task != 'SIDD')
@@ -254,12 +266,7 @@ def test_release_checkpoint_through_test_option_file_in_process(tiny_data, tmp_p
         build_in_process(opt, is_train=False)
 
 
-@pytest.mark.slow
-def test_release_checkpoint_through_test_cli(tiny_data, tmp_path):
-    from basicsr.data import build_dataset
-    from basicsr.metrics import calculate_psnr
-    from basicsr.utils import tensor2img
-    release_checkpoint(tmp_path / 'model_denoising.pth', **TINY)
+def _test_cli_options(tiny_data, tmp_path):
     opt = shipped('test', 'SIDD')
     opt['network_g'].update(TINY)
     opt['num_gpu'] = 0
@@ -268,7 +275,23 @@ def test_release_checkpoint_through_test_cli(tiny_data, tmp_path):
     for key in ('dataroot_gt', 'dataroot_lq', 'io_backend'):
         opt['datasets']['test'][key] = tiny_val[key]
     opt['val']['save_img'] = False
-    proc = launch('test', write_options(opt, tmp_path / 't.yml'), tmp_path)
+    return opt
+
+
+def _plan_test_cli(tiny_data, tmp_path):
+    release_checkpoint(tmp_path / 'model_denoising.pth', **TINY)
+    opt_path = write_options(_test_cli_options(tiny_data, tmp_path), tmp_path / 't.yml')
+    return ['-m', 'hinet_plugins.test', '-opt', opt_path], tmp_path
+
+
+@pytest.mark.slow
+def test_release_checkpoint_through_test_cli(tiny_data, launches, request):
+    from basicsr.data import build_dataset
+    from basicsr.metrics import calculate_psnr
+    from basicsr.utils import tensor2img
+    tmp_path, proc = launches[request.node.name]
+    opt = _test_cli_options(tiny_data, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-6000:]
     logged = float(re.search(r'# psnr: ([0-9.]+)', proc.stdout).group(1))
     # the same PSNR computed here from the checkpoint's weights
     net = build_in_process(opt, is_train=False).net_g.eval()

@@ -4,6 +4,7 @@ The output fixture is a functional re-statement of the architecture written in t
 SimpleGate, pixel shuffle, padding formulas on a plain dict of release-named tensors), compared with the registered
 networks after a strict load of the same random weights.
 """
+import functools
 import glob
 import math
 import os
@@ -16,8 +17,8 @@ import torch
 import yaml
 from basicsr.archs import build_network
 from basicsr.models import build_model
-from conftest import (REPO, base_options, batch_selected, launch_batch, load_option_file, missing_run_folders,
-                      module_train, on_tiny_data, remove_repo_runs, write_options)
+from conftest import (REPO, base_options, launch_batch, load_option_file, missing_run_folders, module_train,
+                      on_tiny_data, remove_repo_runs, write_options)
 from torch.nn import functional as F
 
 from hinet_plugins import tlc
@@ -352,86 +353,123 @@ def _shrink(opt, data, name, split_keys, keep_num_gpu=False):
     return opt
 
 
+# All the launches of this module run in one interpreter (conftest.launch_batch): the literal ``basicsr/train.py``
+# then ``basicsr/test.py`` on the release's GoPro files (from the repository root; the test run loads the train
+# run's checkpoint), and ``python -m hinet_plugins.train`` on our files and on the other release files. The
+# ``launches`` fixture writes the files of each selected test with its ``_plan_*`` function and launches them all;
+# each test then asserts on its own run (exit code and merged output).
+RELEASE_RUN = f'pytest_nafnet_{uuid.uuid4().hex[:8]}'  # the literal launchers' run name under the repository root
+RELEASE_TRAIN = 'test_release_train_file_runs_through_the_literal_launcher'
+RELEASE_TEST = 'test_release_test_file_runs_through_the_literal_launcher'
+SHIPPED = ['GoPro', 'SIDD']
+OTHER_RELEASE = ['train/SIDD/NAFNet-width32.yml', 'train/GoPro/Baseline-width32.yml']
+
+
+def launch_selected(request, plans, tmp_path_factory, requires=None):
+    """The plans (test node name -> ``plan(folder) -> (argv, cwd)``) of this module's selected tests, launched in
+    one interpreter, in the order of ``plans`` (``requires``: test name -> the plan it needs too); returns
+    {node name: (folder, completed run)}."""
+    chosen = {item.name for item in request.session.items if item.module is request.module}
+    chosen |= {(requires or {})[name] for name in chosen if name in (requires or {})}
+    names = [name for name in plans if name in chosen]
+    folders = {name: tmp_path_factory.mktemp('run') for name in names}
+    runs = [plans[name](folders[name]) for name in names]
+    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs))
+    return {name: (folders[name], proc) for name, proc in zip(names, done)}
+
+
 @pytest.fixture(scope='module')
-def release_runs(tiny_data, tmp_path_factory):
-    """``python basicsr/train.py`` on the release's GoPro NAFNet-width32 file, then ``python basicsr/test.py`` on
-    its test twin with the checkpoint just written (both NAFNetLocal), from the repository root."""
-    tmp = tmp_path_factory.mktemp('nafnet_release')
-    name = f'pytest_nafnet_{uuid.uuid4().hex[:8]}'
-    train = _shrink(release_file('train/GoPro/NAFNet-width32.yml'), tiny_data, name, {'train': 'train', 'val': 'val'},
-                    keep_num_gpu=True)
+def launches(request, tiny_data, tmp_path_factory):
+    """The launches of this module's selected tests, all in one interpreter; what the literal launchers wrote
+    under the repository root is removed afterwards."""
+    plans = {RELEASE_TRAIN: functools.partial(_plan_release_train, tiny_data),
+             RELEASE_TEST: functools.partial(_plan_release_test, tiny_data)}
+    plans.update({f'test_shipped_nafnet_option_files_train_and_pair_with_their_test_files[{name}]':
+                  functools.partial(_plan_shipped, tiny_data, name) for name in SHIPPED})
+    plans.update({f'test_other_release_train_files_run[{rel}]': functools.partial(_plan_other_release, tiny_data, rel)
+                  for rel in OTHER_RELEASE})
+    created = missing_run_folders()
+    try:
+        yield launch_selected(request, plans, tmp_path_factory, requires={RELEASE_TEST: RELEASE_TRAIN})
+    finally:
+        remove_repo_runs(RELEASE_RUN, created)
+
+
+def _release_train_options(tiny_data):
+    train = _shrink(release_file('train/GoPro/NAFNet-width32.yml'), tiny_data, RELEASE_RUN,
+                    {'train': 'train', 'val': 'val'}, keep_num_gpu=True)
     train['datasets']['train'].update(gt_size=48, batch_size_per_gpu=2, num_worker_per_gpu=0)
     train['train'].update(total_iter=3)
     train['train']['scheduler']['T_max'] = 3
     train['val']['val_freq'] = 3
     train['logger'].update(print_freq=1, save_checkpoint_freq=3, use_tb_logger=False)
-    test = _shrink(release_file('test/GoPro/NAFNet-width32.yml'), tiny_data, name + '_test', {'test': 'val'},
+    return train
+
+
+CPU = ['--force_yml', 'num_gpu=0']  # the files keep the release's num_gpu: 8 / 1, as a CPU user would run
+
+
+def _plan_release_train(tiny_data, tmp):
+    """``python basicsr/train.py`` on the release's GoPro NAFNet-width32 file (NAFNetLocal), from the repository
+    root."""
+    return ['basicsr/train.py', '-opt', write_options(_release_train_options(tiny_data), tmp / 'train.yml'), *CPU], REPO
+
+
+def _plan_release_test(tiny_data, tmp):
+    """``python basicsr/test.py`` on its test twin with the checkpoint the training run wrote."""
+    test = _shrink(release_file('test/GoPro/NAFNet-width32.yml'), tiny_data, RELEASE_RUN + '_test', {'test': 'val'},
                    keep_num_gpu=True)
-    test['path']['pretrain_network_g'] = f'experiments/{name}/models/net_g_latest.pth'
-    paths = {k: write_options(o, tmp / f'{k}.yml') for k, o in (('train', train), ('test', test))}
-    created = missing_run_folders()
-    try:
-        runs = {'name': name, 'train_opt': train}
-        cpu = ['--force_yml', 'num_gpu=0']  # the files keep the release's num_gpu: 8 / 1, as a CPU user would run
-        # both literal launchers, one after the other in one interpreter (conftest.launch_batch)
-        runs['train'], runs['test'] = launch_batch([(['basicsr/train.py', '-opt', paths['train'], *cpu], REPO),
-                                                    (['basicsr/test.py', '-opt', paths['test'], *cpu], REPO)], tmp)
-        for kind in ('train', 'test'):
-            assert runs[kind].returncode == 0, f'basicsr/{kind}.py failed:\n{runs[kind].stdout[-6000:]}'
-        runs['ckpt'] = torch.load(os.path.join(REPO, 'experiments', name, 'models', 'net_g_latest.pth'),
-                                  weights_only=True)
-        runs['state'] = torch.load(os.path.join(REPO, 'experiments', name, 'training_states', '3.state'),
-                                   weights_only=False)
-        runs['images'] = sorted(glob.glob(os.path.join(REPO, 'results', name + '_test', 'visualization', '*', '*')))
-        yield runs
-    finally:
-        remove_repo_runs(name, created)
+    test['path']['pretrain_network_g'] = f'experiments/{RELEASE_RUN}/models/net_g_latest.pth'
+    return ['basicsr/test.py', '-opt', write_options(test, tmp / 'test.yml'), *CPU], REPO
 
 
 @pytest.mark.slow
-def test_release_train_file_runs_through_the_literal_launcher(release_runs):
-    out = release_runs['train'].stdout
+def test_release_train_file_runs_through_the_literal_launcher(launches):
+    _, train_run = launches[RELEASE_TRAIN]
+    assert train_run.returncode == 0, f'basicsr/train.py failed:\n{train_run.stdout[-6000:]}'
+    ckpt = torch.load(os.path.join(REPO, 'experiments', RELEASE_RUN, 'models', 'net_g_latest.pth'),
+                      weights_only=True)
+    state = torch.load(os.path.join(REPO, 'experiments', RELEASE_RUN, 'training_states', '3.state'),
+                       weights_only=False)
+    out = train_run.stdout
     assert 'Model [ImageRestorationModel] is created' in out
     assert 'NAFNetLocal = NAFNet + TLC: 5 layer(s) made local (5 AdaptiveAvgPool2d' in out  # one per block
     losses = [float(v) for v in re.findall(r'l_psnr: (\S+)', out)]
     assert len(losses) == 3 and all(v < 0 for v in losses)  # PSNRLoss weight 1 = -PSNR
     assert re.search(r'iter:\s*1, lr:\(1\.000e-03,\)', out)
-    group = release_runs['state']['optimizers'][0]['param_groups'][0]
+    group = state['optimizers'][0]['param_groups'][0]
     assert tuple(group['betas']) == (0.9, 0.9) and group['weight_decay'] == 1e-3  # AdamW as released
     assert 'Validation gopro-test' in out and '# psnr' in out
     # a NAFNetLocal checkpoint is a plain NAFNet checkpoint: strict load into the base arch
     plain = {k: v for k, v in SMALL.items() if k != 'train_size'}
-    build_network({'type': 'NAFNet', **plain}).load_state_dict(release_runs['ckpt']['params'], strict=True)
-    assert any(v.abs().sum() > 0 for k, v in release_runs['ckpt']['params'].items() if k.endswith('beta'))
+    build_network({'type': 'NAFNet', **plain}).load_state_dict(ckpt['params'], strict=True)
+    assert any(v.abs().sum() > 0 for k, v in ckpt['params'].items() if k.endswith('beta'))
 
 
 @pytest.mark.slow
-def test_release_test_file_runs_through_the_literal_launcher(release_runs):
-    out = release_runs['test'].stdout
+def test_release_test_file_runs_through_the_literal_launcher(launches):
+    for kind, name in (('train', RELEASE_TRAIN), ('test', RELEASE_TEST)):
+        run = launches[name][1]
+        assert run.returncode == 0, f'basicsr/{kind}.py failed:\n{run.stdout[-6000:]}'
+    out = launches[RELEASE_TEST][1].stdout
+    images = sorted(glob.glob(os.path.join(REPO, 'results', RELEASE_RUN + '_test', 'visualization', '*', '*')))
     assert 'NAFNetLocal = NAFNet + TLC' in out and 'Loading NAFNet model from' in out
     assert 'Validation gopro-test' in out and '# psnr' in out and '# ssim' in out
-    assert len(release_runs['images']) == 1  # save_img: true, the one tiny validation photo
+    assert len(images) == 1  # save_img: true, the one tiny validation photo
 
 
 # ------------------------------------------------------------------------------------ our own option files
-def _shipped_run(name, folder, tiny_data):
+def _plan_shipped(tiny_data, name, folder):
     small = {'width': 8, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1]}
     opt = on_tiny_data(load_option_file('train', f'NAFNet-{name}'), tiny_data, 2, gt_size=48, network=small)
     if name == 'GoPro':
         opt['val']['tlc']['train_size'] = 48
-    return module_train(write_options(opt, folder / 'o.yml'))
-
-
-@pytest.fixture(scope='module')
-def shipped_runs(request, tiny_data, tmp_path_factory):
-    """Our two NAFNet training files on the tiny data, trained in one interpreter."""
-    return batch_selected(request, 'test_shipped_nafnet_option_files_train_and_pair_with_their_test_files', 'name',
-                          lambda name, folder: _shipped_run(name, folder, tiny_data), tmp_path_factory)
+    return module_train(write_options(opt, folder / 'o.yml')), folder
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['GoPro', 'SIDD'])
-def test_shipped_nafnet_option_files_train_and_pair_with_their_test_files(shipped_runs, name):
+@pytest.mark.parametrize('name', SHIPPED)
+def test_shipped_nafnet_option_files_train_and_pair_with_their_test_files(launches, request, name):
     with open(os.path.join(REPO, 'options', 'train', f'NAFNet-{name}.yml')) as f:
         opt = yaml.safe_load(f)
     with open(os.path.join(REPO, 'options', 'test', f'NAFNet-{name}.yml')) as f:
@@ -441,7 +479,7 @@ def test_shipped_nafnet_option_files_train_and_pair_with_their_test_files(shippe
     assert count_on_meta(opt['network_g']) == RELEASE_PARAMS[f'train/{name}/NAFNet-width64.yml']
     assert test_opt['network_g'] == {k: v for k, v in opt['network_g'].items() if k != 'img_channel'}
     assert bool((test_opt['val'] or {}).get('tlc')) == (name == 'GoPro')
-    folder, proc = shipped_runs[name]
+    folder, proc = launches[request.node.name]
     assert proc.returncode == 0, proc.stdout[-6000:]
     log = proc.stdout
     assert (folder / 'experiments' / f'NAFNet-{name}' / 'models' / 'net_g_latest.pth').is_file()
@@ -459,21 +497,17 @@ def _other_release_options(rel, tiny_data):
     return opt
 
 
-@pytest.fixture(scope='module')
-def other_release_runs(request, tiny_data, tmp_path_factory):
-    """The other release training files, one iteration each, trained in one interpreter."""
-    def prepare(rel, folder):
-        return module_train(write_options(_other_release_options(rel, tiny_data), folder / 'o.yml'))
-    return batch_selected(request, 'test_other_release_train_files_run', 'rel', prepare, tmp_path_factory)
+def _plan_other_release(tiny_data, rel, folder):
+    return module_train(write_options(_other_release_options(rel, tiny_data), folder / 'o.yml')), folder
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('rel', ['train/SIDD/NAFNet-width32.yml', 'train/GoPro/Baseline-width32.yml'])
-def test_other_release_train_files_run(tiny_data, other_release_runs, rel):
+@pytest.mark.parametrize('rel', OTHER_RELEASE)
+def test_other_release_train_files_run(tiny_data, launches, request, rel):
     """The SIDD file (plain NAFNet, AdamW without weight decay, no flips, ``val.use_image``) and the Baseline one
     (BaselineLocal): one iteration each, through ``python -m hinet_plugins.train`` (same launcher function)."""
     opt = _other_release_options(rel, tiny_data)
-    folder, proc = other_release_runs[rel]
+    folder, proc = launches[request.node.name]
     assert proc.returncode == 0, proc.stdout[-6000:]
     log = proc.stdout
     assert '# psnr' in log and 'l_psnr' in log

@@ -5,6 +5,7 @@ of its public code (../shared/notes/public-releases.md): it reads a release-keye
 the forward with explicit formulas (einsum attention, hand-written LayerNorms), so a renamed key, a missing bias
 switch or a different normalisation fails the comparison.
 """
+import functools
 import math
 import re
 import os
@@ -13,7 +14,7 @@ import uuid
 import pytest
 import torch
 import yaml
-from conftest import PY, REPO, base_options, missing_run_folders, remove_repo_runs, run_cli, write_options
+from conftest import REPO, base_options, launch_batch, missing_run_folders, remove_repo_runs, write_options
 from torch.nn import functional as F
 
 from basicsr.archs import build_network
@@ -241,22 +242,48 @@ def test_restormer_local_in_the_registry_loads_restormer_weights():
 
 
 # ---------------------------------------------------------------- training and testing from option files
-def _literal(script, opt, tmp_path):
-    """Run ``python basicsr/<script>.py -opt`` from the repository root under a unique name; clean up after."""
-    opt['name'] = f"test_restormer_{uuid.uuid4().hex[:8]}"
+# The launches of this module (``basicsr/train.py`` and ``basicsr/test.py`` from the repository root, ``python -m
+# hinet_plugins.train|test``, ``scripts/inference.py``) run in one interpreter (conftest.launch_batch): the
+# ``launches`` fixture writes the files of each selected test with its ``_plan_*`` function and launches them all;
+# each test then asserts on its own run (exit code and merged output).
+RUN = f'test_restormer_{uuid.uuid4().hex[:8]}'  # the name of the literal launchers' runs under the repository root
+
+
+def launch_selected(request, plans, tmp_path_factory):
+    """The plans (test node name -> ``plan(folder) -> (argv, cwd)``) of this module's selected tests, launched in
+    one interpreter, in the order of ``plans``; returns {node name: (folder, completed run)}."""
+    chosen = {item.name for item in request.session.items if item.module is request.module}
+    names = [name for name in plans if name in chosen]
+    folders = {name: tmp_path_factory.mktemp('run') for name in names}
+    runs = [plans[name](folders[name]) for name in names]
+    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs))
+    return {name: (folders[name], proc) for name, proc in zip(names, done)}
+
+
+@pytest.fixture(scope='module')
+def launches(request, tiny_data, tmp_path_factory):
+    """The launches of this module's selected tests, all in one interpreter (the rejected one last); what the
+    literal launchers wrote under the repository root is removed afterwards."""
+    plans = {
+        'test_progressive_patches_mixup_and_cyclic_schedule_from_the_shipped_file':
+            functools.partial(_plan_progressive, tiny_data),
+        'test_release_restormer_local_test_file_runs_through_basicsr_test':
+            functools.partial(_plan_release_test_file, tiny_data),
+        'test_val_tlc_on_restormer_through_the_shipped_test_file': functools.partial(_plan_val_tlc, tiny_data),
+        'test_inference_script_tlc_on_restormer': _plan_inference_tlc,
+        'test_progressive_and_mixup_option_errors_are_one_line': functools.partial(_plan_option_errors, tiny_data),
+    }
     created = missing_run_folders()
     try:
-        return run_cli([PY, f'basicsr/{script}.py', '-opt', write_options(opt, tmp_path / 'o.yml')], REPO).stdout
+        yield launch_selected(request, plans, tmp_path_factory)
     finally:
-        remove_repo_runs(opt['name'], created)
+        remove_repo_runs(RUN, created)
 
 
-@pytest.mark.slow
-def test_progressive_patches_mixup_and_cyclic_schedule_from_the_shipped_file(tiny_data, tmp_path):
+def _plan_progressive(tiny_data, tmp_path):
+    """``python basicsr/train.py -opt`` from the repository root, on the shipped file shrunk."""
     with open(os.path.join(REPO, 'options/train/Restormer-SIDD.yml')) as f:
         opt = yaml.safe_load(f)
-    assert opt['datasets']['train']['gt_sizes'] == [128, 160, 192, 256, 320, 384]
-    assert opt['train']['scheduler']['periods'] == [92000, 208000] and opt['train']['mixing_augs']['mixup']
     tiny = base_options(tiny_data)
     for split in ('train', 'val'):
         for key in ('dataroot_gt', 'dataroot_lq', 'io_backend'):
@@ -269,7 +296,19 @@ def test_progressive_patches_mixup_and_cyclic_schedule_from_the_shipped_file(tin
     opt['train']['scheduler'].update(periods=[2, 3])
     opt['val']['val_freq'] = 5
     opt['logger'].update(print_freq=1, save_checkpoint_freq=5, use_tb_logger=False)
-    out = _literal('train', opt, tmp_path)
+    opt['name'] = f'{RUN}_train'
+    return ['basicsr/train.py', '-opt', write_options(opt, tmp_path / 'o.yml')], REPO
+
+
+@pytest.mark.slow
+def test_progressive_patches_mixup_and_cyclic_schedule_from_the_shipped_file(launches, request):
+    with open(os.path.join(REPO, 'options/train/Restormer-SIDD.yml')) as f:
+        opt = yaml.safe_load(f)
+    assert opt['datasets']['train']['gt_sizes'] == [128, 160, 192, 256, 320, 384]
+    assert opt['train']['scheduler']['periods'] == [92000, 208000] and opt['train']['mixing_augs']['mixup']
+    _, proc = launches[request.node.name]
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    out = proc.stdout
     for stage, (size, batch, it) in enumerate([(16, 4, 1), (32, 2, 3), (48, 1, 5)], 1):
         assert f'Progressive patches: stage {stage}/3 from iteration {it}: patch {size}, batch {batch}' in out
     assert 'lr:(3.000e-04' in out and '# psnr' in out, out[-3000:]
@@ -321,20 +360,21 @@ def test_progressive_mini_batch_keeps_the_drawn_order_under_mixup(tiny_data):
         assert not torch.allclose(ours, lam * in_sorted_order + (1 - lam) * in_sorted_order[perm], atol=1e-3)
 
 
-@pytest.mark.slow
-def test_progressive_and_mixup_option_errors_are_one_line(tiny_data, tmp_path):
+def _plan_option_errors(tiny_data, tmp_path):
     opt = base_options(tiny_data, network=dict(TINY))
     opt['datasets']['train'].update(gt_sizes=[32, 64], mini_batch_sizes=[4, 2], iters=[1, 1])
-    proc = run_cli([PY, '-m', 'hinet_plugins.train', '-opt', write_options(opt, tmp_path / 'o.yml')], tmp_path,
-                   env_extra={'PYTHONPATH': REPO}, check=False)
+    return ['-m', 'hinet_plugins.train', '-opt', write_options(opt, tmp_path / 'o.yml')], tmp_path
+
+
+@pytest.mark.slow
+def test_progressive_and_mixup_option_errors_are_one_line(launches, request):
+    tmp_path, proc = launches[request.node.name]  # its exit code and output, as a process of its own gives them
     assert proc.returncode == 2 and 'datasets.train.gt_size (48) must be an integer >= every entry' in proc.stdout
     assert 'Traceback' not in proc.stdout and not (tmp_path / 'experiments').exists()
 
 
-@pytest.mark.slow
-def test_release_restormer_local_test_file_runs_through_basicsr_test(tiny_data, tmp_path):
-    """The TLC release's options/test/GoPro/RestormerLocal-GoPro.yml keys and values; only the dataset paths, the
-    device, the network width (tiny) and the checkpoint path changed."""
+def _plan_release_test_file(tiny_data, tmp_path):
+    """``python basicsr/test.py -opt`` from the repository root."""
     torch.manual_seed(0)
     net_opt = {k: v for k, v in TINY.items() if k != 'type'}
     ckpt = tmp_path / 'Restormer-GoPro.pth'
@@ -379,7 +419,17 @@ dist_params:
   port: 29500
 """
     opt = yaml.safe_load(text)
-    out = _literal('test', opt, tmp_path)
+    opt['name'] = f'{RUN}_test'
+    return ['basicsr/test.py', '-opt', write_options(opt, tmp_path / 'o.yml')], REPO
+
+
+@pytest.mark.slow
+def test_release_restormer_local_test_file_runs_through_basicsr_test(launches, request):
+    """The TLC release's options/test/GoPro/RestormerLocal-GoPro.yml keys and values; only the dataset paths, the
+    device, the network width (tiny) and the checkpoint path changed."""
+    _, proc = launches[request.node.name]
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    out = proc.stdout
     assert 'RestormerLocal = Restormer + TLC: 10 layer(s) made local (10 TransposedAttention' in out
     assert '# psnr' in out and '# ssim' in out, out[-3000:]
 
@@ -403,10 +453,7 @@ def test_shipped_restormer_files_hold_the_release_recipe():
     assert tlc_opt['train_size'] == 256 and tlc_opt['base_size'] == 384 and tlc_opt['compare']
 
 
-@pytest.mark.slow
-def test_val_tlc_on_restormer_through_the_shipped_test_file(tiny_data, tmp_path):
-    """options/test/Restormer-GoPro-TLC.yml with the data, width and checkpoint swapped for tiny ones: metrics
-    without and with TLC, images of both passes."""
+def _plan_val_tlc(tiny_data, tmp_path):
     with open(os.path.join(REPO, 'options/test/Restormer-GoPro-TLC.yml')) as f:
         opt = yaml.safe_load(f)
     torch.manual_seed(0)
@@ -418,19 +465,23 @@ def test_val_tlc_on_restormer_through_the_shipped_test_file(tiny_data, tmp_path)
     opt['val']['tlc']['base_size'] = 48
     opt['num_gpu'] = 0
     opt['datasets']['test'].update(dataroot_gt=tiny_data['val_gt_lmdb'], dataroot_lq=tiny_data['val_lq_lmdb'])
-    out = run_cli([PY, '-m', 'hinet_plugins.test', '-opt', write_options(opt, tmp_path / 't.yml')], tmp_path,
-                  env_extra={'PYTHONPATH': REPO}).stdout
+    return ['-m', 'hinet_plugins.test', '-opt', write_options(opt, tmp_path / 't.yml')], tmp_path
+
+
+@pytest.mark.slow
+def test_val_tlc_on_restormer_through_the_shipped_test_file(launches, request):
+    """options/test/Restormer-GoPro-TLC.yml with the data, width and checkpoint swapped for tiny ones: metrics
+    without and with TLC, images of both passes."""
+    _, proc = launches[request.node.name]
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    out = proc.stdout
     assert 'TLC: 10 layer(s) made local (10 TransposedAttention' in out
     psnr = dict(re.findall(r'Validation (\S+)\n\s+# psnr: ([\d.]+)', out))
     assert set(psnr) == {'GoPro_test', 'GoPro_test_tlc'} and psnr['GoPro_test'] != psnr['GoPro_test_tlc'], out[-2000:]
 
 
-@pytest.mark.slow
-def test_inference_script_tlc_on_restormer(tmp_path):
-    """``scripts/inference.py --tlc`` on a Restormer checkpoint: local attention (windows for 48, train 32)
-    changes the restored 64x80 photo; the same restoration in-process with ``tlc.converted`` gives the file."""
+def _plan_inference_tlc(tmp_path):
     import cv2
-    import numpy as np
     from skimage import data as skdata
     torch.manual_seed(0)
     ckpt = tmp_path / 'r.pth'
@@ -439,8 +490,19 @@ def test_inference_script_tlc_on_restormer(tmp_path):
     cv2.imwrite(str(src), cv2.resize(skdata.astronaut(), (80, 64))[..., ::-1])
     arch = ['--arch', 'Restormer', *sum((['--arch-opt', f'{k}={v}'] for k, v in TINY.items() if k != 'type'), []),
             '--checkpoint', str(ckpt)]
-    run_cli([PY, 'scripts/inference.py', '-i', str(src), '-o', str(tmp_path / 'tlc'), *arch, '--tlc',
-             '--train-size', '32'], REPO)
+    return ['scripts/inference.py', '-i', str(src), '-o', str(tmp_path / 'tlc'), *arch, '--tlc',
+            '--train-size', '32'], REPO
+
+
+@pytest.mark.slow
+def test_inference_script_tlc_on_restormer(launches, request):
+    """``scripts/inference.py --tlc`` on a Restormer checkpoint: local attention (windows for 48, train 32)
+    changes the restored 64x80 photo; the same restoration in-process with ``tlc.converted`` gives the file."""
+    import cv2
+    import numpy as np
+    tmp_path, proc = launches[request.node.name]
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    ckpt, src = tmp_path / 'r.pth', tmp_path / 'in.png'
     got = cv2.imread(str(tmp_path / 'tlc' / 'in.png')).astype(int)
     net = build_network(dict(TINY)).eval()
     net.load_state_dict(torch.load(ckpt)['params'])

@@ -1,4 +1,5 @@
 """TLC: local operators vs brute force and global ops, converter on any module tree, registry names, validation."""
+import functools
 import os
 import re
 import sys
@@ -11,7 +12,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import PY, REPO, base_options, run_cli, train_module, write_options
+from conftest import REPO, base_options, launch_batch, module_train, write_options
 from hinet_plugins import tlc
 from hinet_plugins.errors import ConfigError
 from hinet_plugins.models.restoration_model import MultiStageRestorationModel
@@ -312,32 +313,73 @@ def _psnr_lines(log):
     return dict(re.findall(r'Validation (\S+)\n\s+# psnr: ([\d.]+)', log))
 
 
-@pytest.mark.slow
-def test_training_logs_psnr_with_and_without_tlc(tiny_data, tmp_path):
+# The two launches of this module (``python -m hinet_plugins.train`` and ``python -m hinet_plugins.test``) run in one
+# interpreter (conftest.launch_batch); each test asserts on its own run (exit code and merged output).
+def launch_selected(request, plans, tmp_path_factory):
+    """The plans (test node name -> ``plan(folder) -> (argv, cwd)``) of this module's selected tests, launched in
+    one interpreter, in the order of ``plans``; returns {node name: (folder, completed run)}."""
+    chosen = {item.name for item in request.session.items if item.module is request.module}
+    names = [name for name in plans if name in chosen]
+    folders = {name: tmp_path_factory.mktemp('run') for name in names}
+    runs = [plans[name](folders[name]) for name in names]
+    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs))
+    return {name: (folders[name], proc) for name, proc in zip(names, done)}
+
+
+@pytest.fixture(scope='module')
+def launches(request, tiny_data, tmp_path_factory):
+    """The launches of this module's selected tests, all in one interpreter."""
+    plans = {'test_training_logs_psnr_with_and_without_tlc': functools.partial(_plan_training, tiny_data),
+             'test_test_pipeline_with_shipped_tlc_option_file': functools.partial(_plan_test_pipeline, tiny_data)}
+    return launch_selected(request, plans, tmp_path_factory)
+
+
+def _plan_training(tiny_data, tmp_path):
     opt_path = write_options(_tlc_options(tiny_data, 'tlc_train', fast_imp=True), tmp_path / 'tlc.yml')
-    out = train_module(opt_path, tmp_path).stdout
+    return module_train(opt_path), tmp_path
+
+
+@pytest.mark.slow
+def test_training_logs_psnr_with_and_without_tlc(launches, request):
+    _, proc = launches[request.node.name]
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    out = proc.stdout
     psnr = _psnr_lines(out)
     assert set(psnr) == {'tiny_val', 'tiny_val_tlc'}, out[-3000:]
     assert 'TLC: 6 layer(s) made local (6 InstanceNorm2d; train_size=(48, 48), base_size=(72, 72)' in out
 
 
-@pytest.mark.slow
-def test_test_pipeline_with_shipped_tlc_option_file(tiny_data, tmp_path):
-    """options/test/HINet-SIDD-TLC.yml with the data, width and checkpoint swapped for tiny ones."""
+def _shipped_tlc_test_options(tiny_data):
     with open(os.path.join(REPO, 'options/test/HINet-SIDD-TLC.yml')) as f:
         opt = yaml.safe_load(f)
-    assert opt['val']['tlc']['enabled'] and opt['val']['tlc']['train_size'] == 256
     net_opt = {**opt['network_g'], 'wf': 8, 'depth': 3}
-    torch.save({'params': build_network(dict(net_opt)).state_dict()}, tmp_path / 'tiny.pth')
     opt['network_g'] = net_opt
-    opt['path']['pretrain_network_g'] = str(tmp_path / 'tiny.pth')
     opt['val']['tlc']['train_size'] = 48
     opt['num_gpu'] = 0
     ds = opt['datasets']['test']
     ds.update(dataroot_gt=tiny_data['val_gt_lmdb'], dataroot_lq=tiny_data['val_lq_lmdb'])
+    return opt
+
+
+def _plan_test_pipeline(tiny_data, tmp_path):
+    opt = _shipped_tlc_test_options(tiny_data)
+    torch.save({'params': build_network(dict(opt['network_g'])).state_dict()}, tmp_path / 'tiny.pth')
+    opt['path']['pretrain_network_g'] = str(tmp_path / 'tiny.pth')
     opt_path = write_options(opt, tmp_path / 'test_tlc.yml')
-    out = run_cli([PY, '-m', 'hinet_plugins.test', '-opt', opt_path], tmp_path,
-                  env_extra={'PYTHONPATH': REPO}).stdout
+    return ['-m', 'hinet_plugins.test', '-opt', opt_path], tmp_path
+
+
+@pytest.mark.slow
+def test_test_pipeline_with_shipped_tlc_option_file(tiny_data, launches, request):
+    """options/test/HINet-SIDD-TLC.yml with the data, width and checkpoint swapped for tiny ones."""
+    with open(os.path.join(REPO, 'options/test/HINet-SIDD-TLC.yml')) as f:
+        opt = yaml.safe_load(f)
+    assert opt['val']['tlc']['enabled'] and opt['val']['tlc']['train_size'] == 256
+    opt = _shipped_tlc_test_options(tiny_data)
+    ds = opt['datasets']['test']
+    tmp_path, proc = launches[request.node.name]
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    out = proc.stdout
     psnr = _psnr_lines(out)
     assert set(psnr) == {ds['name'], ds['name'] + '_tlc'}, out[-3000:]
     assert os.path.isdir(tmp_path / 'results' / opt['name'] / 'visualization' / (ds['name'] + '_tlc'))
