@@ -148,19 +148,19 @@ def launch_batch(runs, folder, timeout=900, env_extra=None):
     return results
 
 
-def batch_selected(request, test_name, param, prepare, tmp_path_factory, env_extra=None):
-    """For a module-scoped fixture: every selected case of ``test_name`` (its parameter ``param``) gets a folder and
-    ``prepare(value, folder) -> argv`` (e.g. ``['-m', 'hinet_plugins.train', '-opt', ...]``); all the launches run in
-    one interpreter (``launch_batch``), each from its folder. Returns {value: (folder, completed run)}."""
-    selected = [item.callspec.params[param] for item in request.session.items
-                if getattr(item, 'originalname', None) == test_name and item.module is request.module]
-    runs = {}
-    for value in selected:
-        folder = tmp_path_factory.mktemp('run')
-        runs[value] = (folder, prepare(value, folder))
-    done = launch_batch([(argv, folder) for folder, argv in runs.values()], tmp_path_factory.mktemp('batch'),
-                        timeout=300 + 120 * len(runs), env_extra=env_extra)
-    return {value: (runs[value][0], proc) for value, proc in zip(runs, done)}
+def launch_selected(request, plans, tmp_path_factory, env_extra=None, requires=None):
+    """For a module-scoped fixture: the plans (test node name -> ``plan(folder) -> (argv, cwd)``) of the module's
+    selected tests, launched in one interpreter (``launch_batch``) in the order of ``plans``; ``requires`` maps a
+    test to another test's plan it needs too (e.g. a test file run on the checkpoint of a training). Returns
+    {node name: (folder, completed run)}."""
+    requires = requires or {}
+    chosen = {item.name for item in request.session.items if item.module is request.module}
+    chosen |= {requires[name] for name in chosen if name in requires}
+    names = [name for name in plans if name in chosen]
+    folders = {name: tmp_path_factory.mktemp('run') for name in names}
+    runs = [plans[name](folders[name]) for name in names]
+    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs), env_extra=env_extra)
+    return {name: (folders[name], proc) for name, proc in zip(names, done)}
 
 
 def module_train(opt_path):

@@ -11,7 +11,7 @@ from basicsr.losses import build_loss
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import (REPO, base_options, launch_batch, load_option_file, module_train, on_tiny_data,
+from conftest import (REPO, base_options, launch_selected, load_option_file, module_train, on_tiny_data,
                       write_options)
 from hinet_plugins.archs.drcnet_arch import (DFR, DFR_VARIANTS, RELEASE_DFR, EnergyAttention, MaskedRegionNorm,
                                              RegionNorm)
@@ -323,15 +323,6 @@ def test_vgg_weights_errors_without_download(tmp_path, monkeypatch):
 
 # The two launches of this module (``python -m hinet_plugins.train``: a training, a rejected command) run in one
 # interpreter (conftest.launch_batch); each test asserts on its own run (exit code and merged output).
-def launch_selected(request, plans, tmp_path_factory):
-    """The plans (test node name -> ``plan(folder) -> (argv, cwd)``) of this module's selected tests, launched in
-    one interpreter, in the order of ``plans``; returns {node name: (folder, completed run)}."""
-    chosen = {item.name for item in request.session.items if item.module is request.module}
-    names = [name for name in plans if name in chosen]
-    folders = {name: tmp_path_factory.mktemp('run') for name in names}
-    runs = [plans[name](folders[name]) for name in names]
-    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs))
-    return {name: (folders[name], proc) for name, proc in zip(names, done)}
 
 
 @pytest.fixture(scope='module')

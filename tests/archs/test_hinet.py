@@ -15,7 +15,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
-from conftest import (PY, REPO, base_options, launch_batch, load_option_file, module_train, on_tiny_data,
+from conftest import (PY, REPO, base_options, launch_selected, load_option_file, module_train, on_tiny_data,
                       write_options)
 
 
@@ -237,15 +237,6 @@ def test_grids_validation_equals_full_image_for_a_local_net():
 # The training launches of this module (``python -m hinet_plugins.train``) run in one interpreter
 # (conftest.launch_batch): the ``launches`` fixture writes the files of each selected test with its ``_plan_*``
 # function and launches them all; each test then asserts on its own run (its folder and merged output).
-def launch_selected(request, plans, tmp_path_factory):
-    """The plans (test node name -> ``plan(folder) -> (argv, cwd)``) of this module's selected tests, launched in
-    one interpreter, in the order of ``plans``; returns {node name: (folder, completed run)}."""
-    chosen = {item.name for item in request.session.items if item.module is request.module}
-    names = [name for name in plans if name in chosen]
-    folders = {name: tmp_path_factory.mktemp('run') for name in names}
-    runs = [plans[name](folders[name]) for name in names]
-    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs))
-    return {name: (folders[name], proc) for name, proc in zip(names, done)}
 
 
 SHIPPED = ['SIDD', 'GoPro', 'REDS', 'Rain13k']

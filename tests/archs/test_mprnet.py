@@ -12,7 +12,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from scipy.ndimage import correlate
 
-from conftest import (REPO, assert_stage_order, base_options, launch_batch, module_train, on_tiny_data,
+from conftest import (REPO, assert_stage_order, base_options, launch_selected, module_train, on_tiny_data,
                       write_options)
 from hinet_plugins.errors import ConfigError
 
@@ -193,15 +193,6 @@ def tiny_options(opt, data, total_iter=2):
 # on a release checkpoint) run in one interpreter (conftest.launch_batch), with one intra-op thread: the tiny nets
 # here run many small convs, for which a second OpenMP thread only adds spin-waiting (30x slower on a busy 2-core
 # machine). Each test asserts on its own run (exit code and merged output).
-def launch_selected(request, plans, tmp_path_factory, env_extra=None):
-    """The plans (test node name -> ``plan(folder) -> (argv, cwd)``) of this module's selected tests, launched in
-    one interpreter, in the order of ``plans``; returns {node name: (folder, completed run)}."""
-    chosen = {item.name for item in request.session.items if item.module is request.module}
-    names = [name for name in plans if name in chosen]
-    folders = {name: tmp_path_factory.mktemp('run') for name in names}
-    runs = [plans[name](folders[name]) for name in names]
-    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs), env_extra=env_extra)
-    return {name: (folders[name], proc) for name, proc in zip(names, done)}
 
 
 @pytest.fixture(scope='module')

@@ -17,7 +17,7 @@ import torch
 import yaml
 from basicsr.archs import build_network
 from basicsr.models import build_model
-from conftest import (REPO, base_options, launch_batch, load_option_file, missing_run_folders, module_train,
+from conftest import (REPO, base_options, launch_selected, load_option_file, missing_run_folders, module_train,
                       on_tiny_data, remove_repo_runs, write_options)
 from torch.nn import functional as F
 
@@ -365,17 +365,6 @@ SHIPPED = ['GoPro', 'SIDD']
 OTHER_RELEASE = ['train/SIDD/NAFNet-width32.yml', 'train/GoPro/Baseline-width32.yml']
 
 
-def launch_selected(request, plans, tmp_path_factory, requires=None):
-    """The plans (test node name -> ``plan(folder) -> (argv, cwd)``) of this module's selected tests, launched in
-    one interpreter, in the order of ``plans`` (``requires``: test name -> the plan it needs too); returns
-    {node name: (folder, completed run)}."""
-    chosen = {item.name for item in request.session.items if item.module is request.module}
-    chosen |= {(requires or {})[name] for name in chosen if name in (requires or {})}
-    names = [name for name in plans if name in chosen]
-    folders = {name: tmp_path_factory.mktemp('run') for name in names}
-    runs = [plans[name](folders[name]) for name in names]
-    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs))
-    return {name: (folders[name], proc) for name, proc in zip(names, done)}
 
 
 @pytest.fixture(scope='module')

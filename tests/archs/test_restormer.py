@@ -14,7 +14,7 @@ import uuid
 import pytest
 import torch
 import yaml
-from conftest import REPO, base_options, launch_batch, missing_run_folders, remove_repo_runs, write_options
+from conftest import REPO, base_options, launch_selected, missing_run_folders, remove_repo_runs, write_options
 from torch.nn import functional as F
 
 from basicsr.archs import build_network
@@ -249,15 +249,6 @@ def test_restormer_local_in_the_registry_loads_restormer_weights():
 RUN = f'test_restormer_{uuid.uuid4().hex[:8]}'  # the name of the literal launchers' runs under the repository root
 
 
-def launch_selected(request, plans, tmp_path_factory):
-    """The plans (test node name -> ``plan(folder) -> (argv, cwd)``) of this module's selected tests, launched in
-    one interpreter, in the order of ``plans``; returns {node name: (folder, completed run)}."""
-    chosen = {item.name for item in request.session.items if item.module is request.module}
-    names = [name for name in plans if name in chosen]
-    folders = {name: tmp_path_factory.mktemp('run') for name in names}
-    runs = [plans[name](folders[name]) for name in names]
-    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs))
-    return {name: (folders[name], proc) for name, proc in zip(names, done)}
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,5 @@
 """The demo's baselines (non-local means, BM3D), its report tables and its two option files."""
+import functools
 import os
 
 import cv2
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, batch_selected, load_option_file, load_script, module_train, on_tiny_data, write_options
+from conftest import REPO, launch_selected, load_option_file, load_script, module_train, on_tiny_data, write_options
 from hinet_plugins.demo import report as demo_report
 from hinet_plugins.utils.amp import amp_dtype, native_bf16
 from hinet_plugins.demo import baselines as demo_baselines
@@ -120,17 +121,22 @@ def test_demo_trains_one_network_on_fresh_noise():
     assert run.DATA_SETTINGS['sigma'] == 25.0 and run.DATA_SETTINGS['train_lq'] is False
 
 
+DEMO_FILES = ('HINet-Demo', 'NAFNet-Demo')
+
+
 @pytest.fixture(scope='module')
 def demo_runs(request, tiny_data, tmp_path_factory):
-    """Both demo files on the tiny data for 2 iterations, trained in one interpreter."""
-    def prepare(name, folder):
-        return module_train(write_options(on_tiny_data(load_option_file('train', name), tiny_data, 2),
-                                          folder / 'o.yml'))
-    return batch_selected(request, 'test_demo_option_files_train_with_native_amp', 'name', prepare, tmp_path_factory)
+    """Both demo files on the tiny data for 2 iterations, trained in one interpreter; {name: (folder, run)}."""
+    def plan(name, folder):
+        path = write_options(on_tiny_data(load_option_file('train', name), tiny_data, 2), folder / 'o.yml')
+        return module_train(path), folder
+    runs = launch_selected(request, {f'test_demo_option_files_train_with_native_amp[{name}]':
+                                     functools.partial(plan, name) for name in DEMO_FILES}, tmp_path_factory)
+    return {key.split('[')[1].rstrip(']'): run for key, run in runs.items()}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['HINet-Demo', 'NAFNet-Demo'])
+@pytest.mark.parametrize('name', DEMO_FILES)
 def test_demo_option_files_train_with_native_amp(name, demo_runs):
     """Both demo files as shipped (``amp: auto``: bf16 autocast where this CPU has native bf16, else fp32; fp32
     validation), on the tiny data for 2 iterations."""

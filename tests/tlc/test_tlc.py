@@ -12,7 +12,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import REPO, base_options, launch_batch, module_train, write_options
+from conftest import REPO, base_options, launch_selected, module_train, write_options
 from hinet_plugins import tlc
 from hinet_plugins.errors import ConfigError
 from hinet_plugins.models.restoration_model import MultiStageRestorationModel
@@ -315,15 +315,6 @@ def _psnr_lines(log):
 
 # The two launches of this module (``python -m hinet_plugins.train`` and ``python -m hinet_plugins.test``) run in one
 # interpreter (conftest.launch_batch); each test asserts on its own run (exit code and merged output).
-def launch_selected(request, plans, tmp_path_factory):
-    """The plans (test node name -> ``plan(folder) -> (argv, cwd)``) of this module's selected tests, launched in
-    one interpreter, in the order of ``plans``; returns {node name: (folder, completed run)}."""
-    chosen = {item.name for item in request.session.items if item.module is request.module}
-    names = [name for name in plans if name in chosen]
-    folders = {name: tmp_path_factory.mktemp('run') for name in names}
-    runs = [plans[name](folders[name]) for name in names]
-    done = launch_batch(runs, tmp_path_factory.mktemp('batch'), timeout=300 + 120 * len(runs))
-    return {name: (folders[name], proc) for name, proc in zip(names, done)}
 
 
 @pytest.fixture(scope='module')
