@@ -1,5 +1,6 @@
-"""The demo's baselines (non-local means, BM3D), its report tables and its two option files."""
+"""The demo's baselines (non-local means, BM3D), its report tables, its restore step and its two option files."""
 import functools
+import json
 import os
 
 import cv2
@@ -30,6 +31,7 @@ def test_nlm_denoises_and_its_strength_follows_the_noise():
     assert not set(demo_baselines.NLM_TUNING_PHOTOS) & {'astronaut', 'chelsea', 'coffee'}
 
 
+@pytest.mark.slow  # four BM3D runs (seconds); the quick run keeps the NLM baseline
 def test_bm3d_with_known_sigma_beats_the_input_and_is_cached(tmp_path):
     clean, noisy = _tiny(side=40)
     out, hit = demo_baselines.cached_bm3d(noisy, 25.0, str(tmp_path), 'chelsea')
@@ -122,6 +124,37 @@ def test_demo_trains_one_network_on_fresh_noise():
 
 
 DEMO_FILES = ('HINet-Demo', 'NAFNet-Demo')
+
+
+def test_demo_flow_restores_the_held_out_photos_with_and_without_tlc(tmp_path, capsys):
+    """The demo's steps after training, in-process on a tiny random HINet: the dataset marker skips a rebuild,
+    the held-out pairs are read back, and the trained checkpoint restores them without and with TLC (TLC changes
+    the output of a network with instance norm); the restored images keep the photos' sizes."""
+    from basicsr.archs import build_network
+    from hinet_plugins.demo import run
+    data = tmp_path / 'datasets' / 'demo'
+    for part in ('gt', 'lq'):
+        (data / 'val' / part).mkdir(parents=True)
+    clean, noisy = _tiny(side=40)
+    cv2.imwrite(str(data / 'val' / 'gt' / 'chelsea.png'), clean)
+    cv2.imwrite(str(data / 'val' / 'lq' / 'chelsea.png'), noisy)
+    with open(data / 'settings.json', 'w') as f:
+        json.dump(run.DATA_SETTINGS, f)
+    run.build_data(str(data))
+    assert 'dataset already built' in capsys.readouterr().out and sorted(os.listdir(data)) == ['settings.json', 'val']
+    opt = {'name': 'demo_tiny', 'network_g': {'type': 'HINet', 'wf': 4, 'depth': 3},
+           'datasets': {'train': {'gt_size': 16}}}
+    models = tmp_path / 'experiments' / 'demo_tiny' / 'models'
+    models.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save({'params': build_network(dict(opt['network_g'])).state_dict()}, models / 'net_g_latest.pth')
+    pairs = list(run.load_pairs(str(data)))
+    assert [name for name, _, _ in pairs] == ['chelsea'] and np.array_equal(pairs[0][2], noisy)
+    outs, params = run.restore_all(opt, pairs, str(tmp_path))
+    assert set(outs) == {'HINet', 'HINet+TLC'} and params > 0
+    plain, local = outs['HINet']['chelsea'], outs['HINet+TLC']['chelsea']
+    assert plain.shape == local.shape == noisy.shape and plain.dtype == np.uint8
+    assert not np.array_equal(plain, local), 'TLC (train size 16 < 40) changes the instance norm statistics'
 
 
 @pytest.fixture(scope='module')

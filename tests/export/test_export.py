@@ -41,7 +41,8 @@ def test_dynamic_batch(tmp_path):
     assert np.abs(run_onnx(path, x)[0] - forward(net, x)).max() <= 1e-4
 
 
-@pytest.mark.parametrize('name', ['HINet', 'FCN'])  # InstanceNorm (HIN) | GroupNorm + channel attention pools
+# InstanceNorm (HIN) | GroupNorm + channel attention pools; FCN's larger graph is left to the full run
+@pytest.mark.parametrize('name', ['HINet', pytest.param('FCN', marks=pytest.mark.slow)])
 def test_tlc_converted_export(tmp_path, name):
     """The TLC graph matches PyTorch's local layers on sizes where they are really local (they change the
     output there), and the net given to the export keeps its own local layers."""
@@ -142,6 +143,7 @@ def test_script_plain_tlc_and_errors(tmp_path):
     assert sorted(os.listdir(tmp_path)) == before
 
 
+@pytest.mark.slow  # exports, then bisects the graph to name the module (seconds)
 def test_restormer_tlc_export_is_refused_naming_the_local_attention(tmp_path):
     """Windowed attention lays its windows out in Python from the map size, which a traced graph freezes: the
     export is refused (nothing written) with the module's name rather than written wrong for other sizes."""
