@@ -14,12 +14,12 @@ import socket
 import subprocess
 import sys
 
-if os.environ.get('PYTEST_XDIST_WORKER'):  # one thread per worker (scripts/run_tests.sh runs one per core)
+WORKER = bool(os.environ.get('PYTEST_XDIST_WORKER'))  # one of scripts/run_tests.sh's pytest-xdist workers
+if WORKER:  # one thread per worker (one worker per core), for this process and the launches it starts
     os.environ['OMP_NUM_THREADS'] = '1'
 
 import pytest
 import yaml
-
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -28,7 +28,7 @@ PY = sys.executable
 def pytest_configure(config):
     """hinet_plugins (today's-stack patches + registration) before any test module imports basicsr. Not in the
     pytest-xdist controller, which runs no test: only its workers pay for torch and basicsr."""
-    if os.environ.get('PYTEST_XDIST_WORKER') or not getattr(config.option, 'numprocesses', None):
+    if WORKER or not getattr(config.option, 'numprocesses', None):
         import hinet_plugins  # noqa: F401
 
 
@@ -81,7 +81,7 @@ def write_options(opt, path):
 
 def run_cli(args, cwd, env_extra=None, timeout=600, check=True):
     """Run a command line (list) with the test interpreter; returns CompletedProcess (stdout+stderr merged)."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1' if os.environ.get('PYTEST_XDIST_WORKER') else '2')
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1' if WORKER else '2')
     env.pop('BASICSR_DIST_BACKEND', None)
     env.update(env_extra or {})
     proc = subprocess.run(args, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -148,13 +148,18 @@ def launch_batch(runs, folder, timeout=900, env_extra=None):
     return results
 
 
+def selected_items(request):
+    """The tests of the requesting module that this session runs (for a module fixture that prepares only theirs)."""
+    return [item for item in request.session.items if item.module is request.module]
+
+
 def launch_selected(request, plans, tmp_path_factory, env_extra=None, requires=None):
     """For a module-scoped fixture: the plans (test node name -> ``plan(folder) -> (argv, cwd)``) of the module's
     selected tests, launched in one interpreter (``launch_batch``) in the order of ``plans``; ``requires`` maps a
     test to another test's plan it needs too (e.g. a test file run on the checkpoint of a training). Returns
     {node name: (folder, completed run)}."""
     requires = requires or {}
-    chosen = {item.name for item in request.session.items if item.module is request.module}
+    chosen = {item.name for item in selected_items(request)}
     chosen |= {requires[name] for name in chosen if name in requires}
     names = [name for name in plans if name in chosen]
     folders = {name: tmp_path_factory.mktemp('run') for name in names}

@@ -219,7 +219,6 @@ def test_global_statistics_go_through_pool_modules():
             assert not torch.allclose(net(x)[-1], ref, atol=1e-3)
 
 
-
 @pytest.mark.parametrize('release', [False, True], ids=['paper', 'release'])
 def test_tlc_localises_every_dfr_statistic(release):
     """DRCNetLocal (TLC converter through the registry) swaps the 16 DFR pools and finds no other global op; it

@@ -387,8 +387,6 @@ def release_training_state(net, optim_opt, sched_opt, iters, seed=0):
     return {'epoch': 0, 'iter': iters, 'optimizers': [optim_state], 'schedulers': [sched.state_dict()]}
 
 
-
-
 def _resume_options(tiny_data):
     return on_tiny_data(load_option_file('train', 'HINet-SIDD'), tiny_data, total_iter=4, gt_size=32,
                         network={'wf': 8, 'depth': 3, 'hin_position_right': 2})

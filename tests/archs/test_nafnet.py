@@ -365,8 +365,6 @@ SHIPPED = ['GoPro', 'SIDD']
 OTHER_RELEASE = ['train/SIDD/NAFNet-width32.yml', 'train/GoPro/Baseline-width32.yml']
 
 
-
-
 @pytest.fixture(scope='module')
 def launches(request, tiny_data, tmp_path_factory):
     """The launches of this module's selected tests, all in one interpreter; what the literal launchers wrote

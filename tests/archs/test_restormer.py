@@ -249,8 +249,6 @@ def test_restormer_local_in_the_registry_loads_restormer_weights():
 RUN = f'test_restormer_{uuid.uuid4().hex[:8]}'  # the name of the literal launchers' runs under the repository root
 
 
-
-
 @pytest.fixture(scope='module')
 def launches(request, tiny_data, tmp_path_factory):
     """The launches of this module's selected tests, all in one interpreter (the rejected one last); what the

@@ -28,7 +28,7 @@ import uuid
 
 import pytest
 import torch
-from conftest import PY, REPO, base_options, free_port, launch_batch, logged_iterations, write_options
+from conftest import PY, REPO, base_options, free_port, launch_batch, logged_iterations, selected_items, write_options
 
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
@@ -73,11 +73,16 @@ CASES = {
 }
 
 
-def registered(arch):
-    """Whether this checkout registers the network and the losses of ``CASES[arch]``."""
+def unregistered(arch):
+    """The network and loss types of ``CASES[arch]`` that this checkout does not register."""
     network, losses, _ = CASES[arch]
-    return all(spec['type'] in (ARCH_REGISTRY if spec is network else LOSS_REGISTRY)
-               for spec in [network] + (losses or []))
+    return [spec['type'] for spec in [network] + (losses or [])
+            if spec['type'] not in (ARCH_REGISTRY if spec is network else LOSS_REGISTRY)]
+
+
+def schedule(arch):
+    """(resumed?, total iterations): HINet also stops the 2-rank run at 4 and resumes it (--auto_resume) to 6."""
+    return arch == 'HINet', 6 if arch == 'HINet' else 4
 
 
 def case_options(tiny_data, vgg19_file, arch, folder):
@@ -85,8 +90,7 @@ def case_options(tiny_data, vgg19_file, arch, folder):
     network, losses, _ = CASES[arch]
     losses = [dict(s, vgg_weights=vgg19_file) if 'vgg_weights' in s else s for s in losses or []]
     name = f'pytest_dist_{arch}_{uuid.uuid4().hex[:8]}'
-    resume = arch == 'HINet'  # HINet also stops the 2-rank run at 4 and resumes it (--auto_resume) to 6
-    total = 6 if resume else 4
+    resume, total = schedule(arch)
     opts = {'name': name}
     for run, batch in (('dist', 4), ('single', 8)):
         opt = base_options(tiny_data, name=f'{name}_{run}', network=network, total_iter=total)
@@ -110,11 +114,10 @@ def single_runs(request, tiny_data, vgg19_file, tmp_path_factory):
     """The single-process references of the selected cases (``python basicsr/train.py -opt single.yml`` from the
     repository root, one thread), all in one interpreter (``launch_batch``: one start-up instead of one per case),
     before any 2-rank run: {arch: (option files, completed run)}; their experiment folders are removed afterwards."""
-    selected = [item.callspec.params['arch'] for item in request.session.items
-                if getattr(item, 'originalname', None) == TORCHRUN_TEST and item.module is request.module]
+    selected = [item.callspec.params['arch'] for item in selected_items(request) if item.originalname == TORCHRUN_TEST]
     cases = {}
     for arch in selected:
-        if registered(arch):
+        if not unregistered(arch):
             cases[arch] = case_options(tiny_data, vgg19_file, arch, tmp_path_factory.mktemp(f'dist_{arch}'))
     try:
         done = launch_batch([(['basicsr/train.py', '-opt', opts['single']], REPO) for opts in cases.values()],
@@ -129,16 +132,13 @@ def single_runs(request, tiny_data, vgg19_file, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize('arch', list(CASES))
 def test_torchrun_two_ranks_on_cpu_matches_doubled_batch(tmp_path, single_runs, arch):
-    network, losses, rtol = CASES[arch]
-    for spec in [network] + (losses or []):
-        registry = ARCH_REGISTRY if spec is network else LOSS_REGISTRY
-        if spec['type'] not in registry:
-            pytest.skip(f"{spec['type']} is not registered (yet) in this checkout")
+    rtol = CASES[arch][2]
+    if unregistered(arch):
+        pytest.skip(f"{unregistered(arch)[0]} is not registered (yet) in this checkout")
     # the single process on the doubled batch ran beforehand (``single_runs``, one interpreter for every case)
     opts, single = single_runs[arch]
     name = opts['name']
-    resume = arch == 'HINet'  # HINet also stops the 2-rank run at 4 and resumes it (--auto_resume) to 6
-    total = 6 if resume else 4
+    resume, total = schedule(arch)
 
     hook_dir = tmp_path / 'hook'
     hook_dir.mkdir()

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, launch_batch, missing_run_folders, remove_repo_runs, run_launcher
+from conftest import REPO, launch_batch, missing_run_folders, remove_repo_runs, run_launcher, selected_items
 
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
@@ -278,7 +278,7 @@ def release_runs(request, tiny_data, tmp_path_factory):
     ``basicsr/<script>.py -opt FILE --force_yml num_gpu=0 ...`` from the repository root, as before.
     Returns {test: {...}} with each launch's output; the runs' folders under the repository root are removed
     afterwards."""
-    wanted = {item.originalname for item in request.session.items if item.module is request.module}
+    wanted = {item.originalname for item in selected_items(request)}
     tmp = tmp_path_factory.mktemp('release_files')
     base = f'pytest_release_{uuid.uuid4().hex[:8]}'
     plan, runs = [], {}  # plan: (test, key, (script, opt_path, *flags))

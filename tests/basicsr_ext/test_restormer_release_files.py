@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from basicsr.archs import build_network
-from conftest import REPO, launch_batch, missing_run_folders, remove_repo_runs
+from conftest import REPO, launch_batch, missing_run_folders, remove_repo_runs, selected_items
 
 RELEASE = os.path.join(REPO, 'tests', 'release_options', 'restormer')
 FILES = sorted(os.path.relpath(p, RELEASE) for p in glob.glob(os.path.join(RELEASE, '*', 'Options', '*.yml')))
@@ -80,8 +80,7 @@ def release_runs(request, tiny_data, dual_pixel_data, tmp_path_factory):
     """The selected release files, each run by ``python basicsr/train.py -opt FILE --force_yml ...``, all in one
     interpreter (``launch_batch``: the literal launcher file per run; one start-up instead of 13):
     {rel: (opt, run name, completed run)}; the runs' folders are removed afterwards."""
-    selected = [item.callspec.params['rel'] for item in request.session.items
-                if getattr(item, 'originalname', None) == TEST_NAME]
+    selected = [item.callspec.params['rel'] for item in selected_items(request) if item.originalname == TEST_NAME]
     runs, plans = {}, []
     for rel in selected:
         path = os.path.join(RELEASE, rel)

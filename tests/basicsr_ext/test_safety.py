@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, base_options, call_main, launch_batch, load_script, run_launcher, tree, write_options
+from conftest import (REPO, base_options, call_main, launch_batch, load_script, run_launcher, selected_items, tree,
+                      write_options)
 from hinet_plugins.basicsr_ext.compat import STATE_GLOBALS, read_training_state
 from hinet_plugins.restore import Restorer
 from hinet_plugins.restore.imagefiles import apply_orientation, read_image
@@ -55,7 +56,7 @@ def launches(request, tiny_data, tmp_path_factory):
     (``launch_batch``: one start-up instead of four; exit code and merged output per launch), each in a root of
     its own prepared beforehand (what a test compares afterwards is recorded before the batch starts).
     Returns {test: {...}}."""
-    wanted = {item.originalname for item in request.session.items if item.module is request.module}
+    wanted = {item.originalname for item in selected_items(request)}
     top = tmp_path_factory.mktemp('safety')
     plan, runs = [], {}  # plan: (test, key, root, argv)
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import (PY, REPO, base_options, free_port, launch_batch, logged_iterations, remove_repo_runs,
-                      write_options)
+                      selected_items, write_options)
 
 pytestmark = pytest.mark.slow
 BOUND = 240  # seconds any one command may take here
@@ -107,7 +107,7 @@ def single_runs(request, tiny_data, tmp_path_factory):
     test's reference, the two launches of the run started from another folder, the offline-wandb run (last: wandb
     flushes its file at the interpreter's exit at the latest). The batch as a whole gets BOUND per launch.
     Returns {key: (folder, completed run)}; the run written under the repository root is removed afterwards."""
-    wanted = {item.originalname for item in request.session.items if item.module is request.module}
+    wanted = {item.originalname for item in selected_items(request)}
     plan = []  # (key, folder, argv)
     if 'test_two_nodes_without_shared_storage' in wanted:
         reference = tmp_path_factory.mktemp('reference')

@@ -13,7 +13,7 @@ import scipy.io
 import yaml
 
 from conftest import (PREPARE_SCRIPT, PY, REPO, cut_short, launch_batch, lmdb_keys, load_script, module_train,
-                      prepare, prepare_script, run_cli, tree, write_options)
+                      prepare, prepare_script, run_cli, selected_items, tree, write_options)
 from conftest import photo_pair as _pair
 from conftest import write_image as _write
 
@@ -109,7 +109,7 @@ def check_training(name, cwd, proc, iters=1):
 def trained(request, tmp_path_factory):
     """{test name: (folder, {dataset: (iterations, completed training)}) or the exception of its preparation} for
     the selected tests of ``PREPARED``."""
-    selected = {getattr(item, 'originalname', None) for item in request.session.items if item.module is request.module}
+    selected = {item.originalname for item in selected_items(request)}
     results, runs = {}, []
     for test, steps in PREPARED.items():
         if test not in selected:
